@@ -6,7 +6,7 @@ import argparse, logging, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COMMANDS', 'add_run_command', 'run_command', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'add_run_command', 'run_command', 'add_serve_command', 'serve_command', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #0a3f53af
 def add_run_command(sub) -> None:
@@ -29,8 +29,37 @@ def run_command(args) -> int:
     print(f"reports: {run_dir / 'index.html'}")
     return 0
 
+# %% ../nbs/13_cli.ipynb #9888a175
+def add_serve_command(sub) -> None:
+    "The `serve` sub-command: the Gradio demo with `GET /health` and `POST /predict`."
+    p = sub.add_parser("serve", help="serve a model in the Gradio demo with an HTTP API (GET /health, POST /predict)")
+    p.add_argument("--model", required=True, help="model folder, run id, or s3://bucket/prefix[#run-id]")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=7860, help="TCP port, 0 picks a free one")
+    p.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
+    p.add_argument("--metrics", default="", help="metrics.json for the Model tab (default: the model's run folder)")
+    p.add_argument("--log", default="reports/predictions.sqlite", help="SQLite prediction log")
+    p.add_argument("--no-log-texts", action="store_true", help="log only each text's SHA-256, not the text")
+    p.add_argument("--lazy", action="store_true", help="load the model on the first request, not at start")
+    p.add_argument("--idle-unload-minutes", type=float, default=30.0, help="release the model when idle, 0: never")
+    p.add_argument("--max-upload-mb", type=float, default=5.0, help="largest CSV the Batch tab accepts")
+    p.set_defaults(func=serve_command)
+
+def serve_command(args) -> int:
+    "Check the model source, then serve the demo until interrupted."
+    from sentiment_nb.infer import resolve_model_dir
+    model_dir = resolve_model_dir(args.model)
+    from sentiment_nb.app import DemoSettings, serve_demo
+    settings = DemoSettings(str(model_dir), args.metrics, args.log, not args.no_log_texts, not args.lazy,
+                            args.idle_unload_minutes, max_upload_mb=args.max_upload_mb)
+    try: serve_demo(settings, args.host, args.port, args.share)
+    except OSError as e: print(f"sentiment-nb serve: error: {e}", file=sys.stderr); return 2
+    return 0
+
+
+
 # %% ../nbs/13_cli.ipynb #9b8b0898
-COMMANDS = [add_run_command]
+COMMANDS = [add_run_command, add_serve_command]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `sentiment-nb` parser with every sub-command."
