@@ -90,3 +90,14 @@ def test_every_parameters_cell_parses_fully():
         lines = [l for l in "".join(cells[0]["source"]).splitlines() if l.strip() and not l.lstrip().startswith("#")]
         assert len(pm.inspect_notebook(str(nb_path))) == len(lines), f"{nb_path.name}: a parameter line does not parse"
         assert all("  # " in l for l in lines), f"{nb_path.name}: every parameter needs a trailing comment"
+
+
+def test_run_sections_are_skipped_by_nbdev_test():
+    "The Run section of a stage is the real job: every code cell after '## Run' carries `#| slow`."
+    for nb_path in sorted((ROOT / "nbs").glob("0[0-9]_*.ipynb")):
+        cells = json.loads(nb_path.read_text())["cells"]
+        starts = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and "".join(c["source"]).lstrip().startswith("## Run")]
+        assert starts, f"{nb_path.name} has no '## Run' section"
+        for c in cells[starts[0]:]:
+            if c["cell_type"] == "code":
+                assert "".join(c["source"]).lstrip().startswith("#| slow"), f"{nb_path.name}: run cell without #| slow"
