@@ -6,7 +6,8 @@ import argparse, logging, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COMMANDS', 'add_run_command', 'run_command', 'add_serve_command', 'serve_command', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'add_run_command', 'run_command', 'add_serve_command', 'serve_command', 'add_s3_local_command',
+           's3_local_command', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #0a3f53af
 def add_run_command(sub) -> None:
@@ -58,8 +59,31 @@ def serve_command(args) -> int:
 
 
 
+# %% ../nbs/13_cli.ipynb #2a4c0f71
+def add_s3_local_command(sub) -> None:
+    "The `s3-local` sub-command: a local S3 server for the duration of a command."
+    p = sub.add_parser("s3-local", help="run COMMAND against a local S3 server (SeaweedFS on 127.0.0.1), then stop it")
+    p.add_argument("--data-dir", default="data/s3", help="where the server keeps its data (kept between runs)")
+    p.add_argument("--port", type=int, default=None, help="S3 port (default: a free one, reused on the next start)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="command to run with the server's endpoint")
+    p.set_defaults(func=s3_local_command)
+
+def s3_local_command(args) -> int:
+    "Start the server, run the command with the endpoint and credentials in its environment, stop the server."
+    import os, subprocess, time
+    from sentiment_nb.push import local_s3_server
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    try:
+        with local_s3_server(args.data_dir, args.port) as s3:
+            print(f"local S3 server at {s3.endpoint_url} (data in {s3.data_dir})", file=sys.stderr, flush=True)
+            if cmd: return subprocess.call(cmd, env={**os.environ, **s3.env()})
+            print("serving until Ctrl-C; for a shell: " + " ".join(f"{k}={v}" for k, v in s3.env().items()), file=sys.stderr)
+            while True: time.sleep(3600)
+    except KeyboardInterrupt: return 130
+    except (RuntimeError, OSError) as e: print(f"sentiment-nb s3-local: error: {e}", file=sys.stderr); return 2
+
 # %% ../nbs/13_cli.ipynb #9b8b0898
-COMMANDS = [add_run_command, add_serve_command]
+COMMANDS = [add_run_command, add_serve_command, add_s3_local_command]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `sentiment-nb` parser with every sub-command."
