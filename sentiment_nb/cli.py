@@ -7,7 +7,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['COMMANDS', 'add_run_command', 'run_command', 'add_serve_command', 'serve_command', 'add_s3_local_command',
-           's3_local_command', 'build_parser', 'main']
+           's3_local_command', 'add_train_command', 'train_command', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #0a3f53af
 def add_run_command(sub) -> None:
@@ -82,8 +82,31 @@ def s3_local_command(args) -> int:
     except KeyboardInterrupt: return 130
     except (RuntimeError, OSError) as e: print(f"sentiment-nb s3-local: error: {e}", file=sys.stderr); return 2
 
+# %% ../nbs/13_cli.ipynb #a42f3c52
+def add_train_command(sub) -> None:
+    "The `train` sub-command: stage 02 on its own, torchrun-ready."
+    p = sub.add_parser("train", help="fine-tune the model (stage 02) without papermill; works under torchrun")
+    p.add_argument("-f", "--params-file", default=None, help="YAML file of parameters (e.g. params/default.yaml)")
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="set one training parameter (see the README's 02 table); VALUE is read as YAML")
+    p.set_defaults(func=train_command)
+
+def train_command(args) -> int:
+    "Train with the file's parameters and the overrides; refuse override names stage 02 does not have."
+    import dataclasses, difflib
+    from sentiment_nb.pipeline import apply_overrides, load_params
+    from sentiment_nb.train import TrainingParams, train_from_params
+    known = [f.name for f in dataclasses.fields(TrainingParams)]
+    unknown = [n for n, _ in args.param if n not in known]
+    if unknown:
+        hints = {n: difflib.get_close_matches(n, known, 1) for n in unknown}
+        raise ValueError("unknown training parameter(s) " + ", ".join(
+            f"'{n}'" + (f" (did you mean '{h[0]}'?)" if h else "") for n, h in hints.items()))
+    train_from_params(apply_overrides(load_params(args.params_file), [tuple(p) for p in args.param]))
+    return 0
+
 # %% ../nbs/13_cli.ipynb #9b8b0898
-COMMANDS = [add_run_command, add_serve_command, add_s3_local_command]
+COMMANDS = [add_run_command, add_serve_command, add_s3_local_command, add_train_command]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `sentiment-nb` parser with every sub-command."
