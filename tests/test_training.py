@@ -1,0 +1,143 @@
+"""Stage 02 across processes: a real fine-tuning on a tiny slice, reload and predict, reproducibility, bad input,
+resume after SIGKILL mid-epoch, and a 2-process torchrun (gloo) run."""
+import json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, ROOT
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def splits_dir(tmp_path_factory):
+    "Real Rotten Tomatoes splits, 160 rows: 96 train, 32 validation, 32 test."
+    from sentiment_nb.data import prepare_splits
+    d = tmp_path_factory.mktemp("splits")
+    prepare_splits("rotten_tomatoes", max_rows=160, test_size=0.2, validation_size=0.2, processed_dir=d)
+    return d
+
+
+def tiny_params(splits_dir, run_dir, **kw):
+    from sentiment_nb.train import TrainingParams
+    base = dict(processed_dir=str(splits_dir), run_dir=str(run_dir), max_train_samples=64, max_eval_samples=32,
+                batch_size=16, n_epochs=1, max_input_length=64, learning_rate=1e-4, num_threads=2)
+    return TrainingParams(**{**base, **kw})
+
+
+def train_cmd(*params, torchrun_procs=0):
+    "The `sentiment-nb train` command line (optionally under torchrun) with `-p` pairs."
+    pairs = [a for k, v in zip(params[::2], params[1::2]) for a in ("-p", str(k), str(v))]
+    head = [str(BIN / "torchrun"), f"--nproc_per_node={torchrun_procs}", "--standalone"] if torchrun_procs else []
+    return [*head, str(BIN / "sentiment-nb"), "train", *pairs]
+
+
+def test_trains_saves_safetensors_and_reloads(splits_dir, tmp_path):
+    from sentiment_nb.infer import load_model, predict
+    from sentiment_nb.train import train_classifier
+    summary, history = train_classifier(tiny_params(splits_dir, tmp_path / "run-a", n_epochs=2))
+    model_dir = tmp_path / "run-a" / "model"
+    assert (model_dir / "model.safetensors").stat().st_size > 1_000_000
+    assert not list(model_dir.glob("*.bin")) and (model_dir / "tokenizer.json").exists()
+    saved = json.loads((model_dir / "training_summary.json").read_text())
+    assert saved["run_id"] == "run-a" and saved["params"]["max_input_length"] == 64
+    assert saved["best_epoch"] in (1.0, 2.0) and saved["samples_per_second"] > 0
+    assert list(history["epoch"]) == [1.0, 2.0] and history["train_loss"].notna().all()
+    assert not (tmp_path / "run-a" / "train").exists(), "checkpoints were kept though keep_checkpoints is False"
+    m = load_model(model_dir)
+    assert m.labels == ["negative", "positive"] and m.max_length == 64
+    out = predict(m, ["a wonderful, moving film", "dull and far too long"])
+    assert [o["label"] in m.labels for o in out] == [True, True]
+    assert all(abs(sum(o["scores"].values()) - 1) < 1e-5 for o in out)
+
+
+def test_same_seed_same_metrics(splits_dir, tmp_path):
+    from sentiment_nb.train import train_classifier
+    runs = [train_classifier(tiny_params(splits_dir, tmp_path / f"r{i}", max_train_samples=32, seed=7))[1]
+            for i in range(2)]
+    cols = ["train_loss", "validation_loss", "validation_accuracy", "validation_f1_macro"]
+    assert runs[0][cols].to_dict("records") == runs[1][cols].to_dict("records")
+    other = train_classifier(tiny_params(splits_dir, tmp_path / "r2", max_train_samples=32, seed=8))[1]
+    assert other["train_loss"].iloc[0] != runs[0]["train_loss"].iloc[0], "the seed changes nothing"
+
+
+BAD_INPUTS = [
+    (dict(model_name="/no/such/model"), "cannot load model '/no/such/model'"),
+    (dict(batch_size=0), "batch_size=0 must be >= 1"),
+    (dict(learning_rate=0.0), "learning_rate=0.0 must be > 0"),
+    (dict(learning_rate=-1e-5), "learning_rate=-1e-05 must be > 0"),
+    (dict(n_epochs=0), "n_epochs=0 must be > 0"),
+    (dict(freeze_backbone=True, trainable_last_layers=7), "has only 6 transformer blocks"),
+    (dict(class_weights=[1.0, 2.0, 3.0]), "must hold 2 positive numbers"),
+    (dict(resume_from_checkpoint=True), "holds no complete checkpoint"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_INPUTS, ids=[m.split()[0] for _, m in BAD_INPUTS])
+def test_bad_input_fails_before_training_and_keeps_the_old_model(splits_dir, tmp_path, change, message):
+    from sentiment_nb.train import train_classifier
+    model_dir = tmp_path / "model"; model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"kept": true}')
+    with pytest.raises(ValueError, match=None) as e:
+        train_classifier(tiny_params(splits_dir, tmp_path / "run", best_model_dir=str(model_dir), **change))
+    assert message in str(e.value)
+    assert (model_dir / "config.json").read_text() == '{"kept": true}'
+    assert not (tmp_path / "run" / "train").exists()
+
+
+def test_label_count_mismatch_and_missing_split(splits_dir, tmp_path):
+    from transformers import BertConfig
+    from sentiment_nb.train import train_classifier
+    three = tmp_path / "three-class"
+    BertConfig(num_labels=3, architectures=["BertForSequenceClassification"]).save_pretrained(three)
+    with pytest.raises(ValueError, match="is a classifier with 3 labels .* but the splits have 2"):
+        train_classifier(tiny_params(splits_dir, tmp_path / "run", model_name=str(three)))
+    partial = tmp_path / "partial"; shutil.copytree(splits_dir, partial); (partial / "validation.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=r"split\(s\) \['validation'\] missing"):
+        train_classifier(tiny_params(partial, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_unknown_training_parameter():
+    proc = subprocess.run(train_cmd("n_epoch", 2), capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "unknown training parameter(s) 'n_epoch' (did you mean 'n_epochs'?)" in proc.stderr
+
+
+def test_killed_mid_epoch_resumes_from_checkpoint_and_finishes(splits_dir, tmp_path):
+    run_dir, train_dir = tmp_path / "run", tmp_path / "run" / "train"
+    common = ("processed_dir", splits_dir, "run_dir", run_dir, "max_train_samples", 96, "max_eval_samples", 16,
+              "batch_size", 8, "max_input_length", 64, "checkpoint_steps", 3, "num_threads", 2)
+    proc = subprocess.Popen(train_cmd(*common), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (train_dir / "checkpoint-3" / "trainer_state.json").exists():
+        assert proc.poll() is None, f"training ended before its first checkpoint:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL); proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "model").exists(), "the killed run finished before the kill (12 steps expected)"
+
+    proc = subprocess.run(train_cmd(*common, "resume_from_checkpoint", True), cwd=ROOT, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "model" / "training_summary.json").read_text())
+    assert Path(summary["resumed_from"]).name.startswith("checkpoint-") and summary["best_step"] == 12
+    assert [h["step"] for h in summary["history"]] == [12]
+    from sentiment_nb.infer import load_model, predict
+    assert predict(load_model(run_dir / "model"), ["great"])[0]["label"] in ("negative", "positive")
+
+
+def test_torchrun_two_processes_gloo(splits_dir, tmp_path):
+    run_dir = tmp_path / "ddp"
+    cmd = train_cmd("processed_dir", splits_dir, "run_dir", run_dir, "max_train_samples", 32, "max_eval_samples", 16,
+                    "batch_size", 8, "max_input_length", 64, "device", "cpu", torchrun_procs=2)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((run_dir / "model" / "training_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["threads"] == 1
+    assert summary["best_step"] == 2, "2 processes x batch 8 should take 32 rows in 2 steps"
+    assert proc.stdout.count("best model (epoch") == 1, "a rank other than 0 wrote or reported"
+    from sentiment_nb.infer import load_model, predict
+    assert predict(load_model(run_dir / "model"), ["great"])[0]["label"] in ("negative", "positive")
