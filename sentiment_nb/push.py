@@ -2,7 +2,7 @@
 
 # %% ../nbs/14_push.ipynb #b891781a
 from __future__ import annotations
-import atexit, base64, hashlib, json, os, re, shutil, signal, socket, subprocess, sys, time
+import atexit, base64, hashlib, json, os, re, secrets, shutil, signal, socket, subprocess, sys, time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -10,12 +10,12 @@ from typing import Any, Callable
 from .core import new_run_id, read_json, resolve_path, sha256_file, write_json
 
 # %% auto #0
-__all__ = ['PUSH_DEFAULTS', 'LOWER_IS_BETTER', 'AUTH_CODES', 'TRANSIENT_CODES', 'MAX_SINGLE_UPLOAD', 'LOCAL_ACCESS_KEY',
-           'LOCAL_SECRET_KEY', 'WEED_PORT_FLAGS', 'PushError', 'check_bucket_name', 'check_prefix', 'check_run_id',
-           'check_conditions', 'push_settings', 'check_condition_metrics', 'condition_results', 's3_client',
-           'error_code', 'is_transient', 'explain_s3_error', 'with_retries', 'check_credentials', 'check_push_ready',
-           'sha256_bytes', 'remote_matches', 'upload_verified', 'ensure_bucket', 'port_is_free', 'free_ports',
-           'weed_binary', 'LocalS3Server', 'local_s3_server', 's3_key', 'run_files', 'push_model', 'check_relative_key',
+__all__ = ['PUSH_DEFAULTS', 'LOWER_IS_BETTER', 'AUTH_CODES', 'TRANSIENT_CODES', 'MAX_SINGLE_UPLOAD', 'WEED_PORT_FLAGS',
+           'PushError', 'check_bucket_name', 'check_prefix', 'check_run_id', 'check_conditions', 'push_settings',
+           'check_condition_metrics', 'condition_results', 's3_client', 'error_code', 'is_transient',
+           'explain_s3_error', 'with_retries', 'check_credentials', 'check_push_ready', 'sha256_bytes',
+           'remote_matches', 'upload_verified', 'ensure_bucket', 'port_is_free', 'free_ports', 'weed_binary',
+           'LocalS3Server', 'local_s3_server', 's3_key', 'run_files', 'push_model', 'check_relative_key',
            'default_cache_dir', 'local_copy_verified', 'read_object', 'download_verified', 'resolve_run', 'pull_model',
            'push_run_id', 'push_if_conditions_hold', 'raise_if_push_failed', 'model_card']
 
@@ -213,7 +213,6 @@ def ensure_bucket(client, bucket: str, region: str = "us-east-1", tries: int = 4
     return True
 
 # %% ../nbs/14_push.ipynb #5e7305b3
-LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY = "sentiment-nb-local", "sentiment-nb-local-dev-only"  # loopback dev server, not secrets
 WEED_PORT_FLAGS = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
                    "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc")
 
@@ -241,10 +240,12 @@ def weed_binary() -> str:
 # %% ../nbs/14_push.ipynb #5e2d31c3
 class LocalS3Server:
     "A SeaweedFS S3 server on 127.0.0.1 with its data in `data_dir`; `with` starts and stops it."
-    def __init__(self, data_dir: str | Path = "data/s3", port: int | None = None, access_key: str = LOCAL_ACCESS_KEY,
-                 secret_key: str = LOCAL_SECRET_KEY, timeout_s: float = 60.0):
+    def __init__(self, data_dir: str | Path = "data/s3", port: int | None = None, access_key: str | None = None,
+                 secret_key: str | None = None, timeout_s: float = 60.0):
         self.data_dir, self.port, self.timeout_s = resolve_path(data_dir), port, timeout_s
-        self.access_key, self.secret_key, self.process, self.ports = access_key, secret_key, None, {}
+        self.access_key = access_key or "local-" + secrets.token_hex(8)      # fresh for each server unless given
+        self.secret_key = secret_key or secrets.token_urlsafe(24)
+        self.process, self.ports = None, {}
 
     @property
     def endpoint_url(self) -> str: return f"http://127.0.0.1:{self.ports['s3.port']}"
