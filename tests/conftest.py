@@ -32,3 +32,17 @@ def tiny_run(tmp_path_factory):
     proc = run_cli("run", "-f", "params/tiny.yaml", "--run-id", "tiny", "--reports-dir", base / "reports",
                    "-p", "processed_dir", base / "processed", timeout=1500)
     return {"proc": proc, "run_dir": base / "reports" / "tiny", "processed_dir": base / "processed", "base": base}
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory):
+    "A real model folder in seconds: the embedded MiniLM encoder with an untrained 2-class head and a training summary."
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from sentiment_nb.core import embedded_model_path, write_json
+    d = tmp_path_factory.mktemp("untrained-model")
+    AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(d)
+    AutoModelForSequenceClassification.from_pretrained(
+        embedded_model_path(), num_labels=2, id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1}).save_pretrained(d)
+    write_json(d / "training_summary.json", {"run_id": "untrained", "params": {"max_input_length": 64}})
+    return d

@@ -24,20 +24,6 @@ def own_s3(tmp_path):
         yield server
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    "A real model folder: the embedded MiniLM encoder with an untrained 2-class head, plus a training summary."
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from sentiment_nb.core import embedded_model_path, write_json
-    d = tmp_path_factory.mktemp("tiny-model")
-    AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(d)
-    AutoModelForSequenceClassification.from_pretrained(
-        embedded_model_path(), num_labels=2, id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1}).save_pretrained(d)
-    write_json(d / "training_summary.json", {"run_id": "tiny-model", "params": {"max_input_length": 64}})
-    return d
-
-
 def small_model_folder(d: Path, seed: int = 0, files: int = 5) -> Path:
     "A folder shaped like a model (config.json + a few binary files, one in a sub-folder), fast to push."
     d.mkdir(parents=True, exist_ok=True)

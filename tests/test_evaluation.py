@@ -5,7 +5,7 @@ import csv, json, secrets
 import pytest
 
 from conftest import run_cli
-from s3_server import folder_bytes, object_keys, tiny_model
+from s3_server import folder_bytes, object_keys
 from sentiment_nb.push import local_s3_server, pull_model
 
 # a small 2-class slice given as parameters (not params/tiny.yaml, which also names other stages' parameters)
@@ -13,13 +13,13 @@ SLICE = ["-p", "dataset", "rotten_tomatoes", "-p", "max_rows", "400", "-p", "tes
 
 
 @pytest.fixture(scope="module")
-def pushed_run(tmp_path_factory, tiny_model):
+def pushed_run(tmp_path_factory, untrained_model):
     "Stages 01 and 03 on a 400-row slice, pushing to a local S3 server that knows only the fake credentials below."
     base = tmp_path_factory.mktemp("eval-run")
     fake = {"AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(), "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)}
     with local_s3_server(base / "s3", access_key=fake["AWS_ACCESS_KEY_ID"], secret_key=fake["AWS_SECRET_ACCESS_KEY"]) as s3:
         proc = run_cli("run", "--stages", "01,03", "--run-id", "evalpush", "--reports-dir", base / "reports", *SLICE,
-                       "-p", "processed_dir", base / "processed", "-p", "model_dir", tiny_model,
+                       "-p", "processed_dir", base / "processed", "-p", "model_dir", untrained_model,
                        "-p", "push_model_s3.enabled", "true", "-p", "push_model_s3.bucket_name", "pipeline-models",
                        "-p", "push_model_s3.conditions", "[{metric: accuracy, threshold: 0.0}, {metric: ece, threshold: 1.0}]",
                        env={**fake, "AWS_ENDPOINT_URL_S3": s3.endpoint_url}, timeout=900)
@@ -29,7 +29,7 @@ def pushed_run(tmp_path_factory, tiny_model):
     return {"proc": proc, "run_dir": base / "reports" / "evalpush", "keys": keys, "pulled": pulled, "secrets": fake}
 
 
-def test_stage_passes_and_pushes_the_model(pushed_run, tiny_model):
+def test_stage_passes_and_pushes_the_model(pushed_run, untrained_model):
     proc, run_dir = pushed_run["proc"], pushed_run["run_dir"]
     assert proc.returncode == 0, proc.stderr[-4000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -38,7 +38,7 @@ def test_stage_passes_and_pushes_the_model(pushed_run, tiny_model):
     assert {"sentiment-nb/latest.json", "sentiment-nb/evalpush/manifest.json", "sentiment-nb/evalpush/metrics.json",
             "sentiment-nb/evalpush/README.md", "sentiment-nb/evalpush/training_summary.json",
             "sentiment-nb/evalpush/model/model.safetensors"} <= keys
-    assert folder_bytes(pushed_run["pulled"]) == folder_bytes(tiny_model)
+    assert folder_bytes(pushed_run["pulled"]) == folder_bytes(untrained_model)
 
 
 def test_metrics_files_hold_the_model_and_the_baselines(pushed_run):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from s3_server import count_requests, folder_bytes, object_keys, own_s3, s3, small_model_folder, tiny_model
+from s3_server import count_requests, folder_bytes, object_keys, own_s3, s3, small_model_folder
 from sentiment_nb.push import (PushError, check_push_ready, pull_model, push_if_conditions_hold, push_model,
                                push_settings, s3_client)
 
@@ -17,12 +17,12 @@ def latest_run(client, bucket, prefix):
     return json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/latest.json")["Body"].read())["run_id"]
 
 
-def test_push_then_pull_round_trips_byte_for_byte(s3, tiny_model, tmp_path, monkeypatch):
+def test_push_then_pull_round_trips_byte_for_byte(s3, untrained_model, tmp_path, monkeypatch):
     from sentiment_nb.infer import load_model, predict_proba
     client = s3.client()
     metrics = tmp_path / "metrics.json"; metrics.write_text('{"metrics": {"accuracy": 0.5}}')
-    out = push_model(tiny_model, "roundtrip", "team/sentiment", "run-1", {"metrics.json": metrics}, client=client)
-    assert out["bucket_created"] and out["uploaded"] == out["files"] == len(folder_bytes(tiny_model)) + 1
+    out = push_model(untrained_model, "roundtrip", "team/sentiment", "run-1", {"metrics.json": metrics}, client=client)
+    assert out["bucket_created"] and out["uploaded"] == out["files"] == len(folder_bytes(untrained_model)) + 1
     keys = object_keys(client, "roundtrip")
     assert {"team/sentiment/latest.json", "team/sentiment/run-1/manifest.json", "team/sentiment/run-1/metrics.json",
             "team/sentiment/run-1/model/model.safetensors"} <= set(keys)
@@ -33,8 +33,8 @@ def test_push_then_pull_round_trips_byte_for_byte(s3, tiny_model, tmp_path, monk
     for k, v in s3.env().items(): monkeypatch.setenv(k, v)
     pulled = load_model("s3://roundtrip/team/sentiment")
     assert pulled.model_dir.is_relative_to(tmp_path / "cache")
-    assert folder_bytes(pulled.model_dir) == folder_bytes(tiny_model)
-    local = load_model(tiny_model)
+    assert folder_bytes(pulled.model_dir) == folder_bytes(untrained_model)
+    local = load_model(untrained_model)
     texts = ["a moving, funny film", "dull"]
     np.testing.assert_allclose(predict_proba(pulled, texts), predict_proba(local, texts), atol=1e-6)
     assert pulled.max_length == 64
