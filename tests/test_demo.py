@@ -17,25 +17,12 @@ UPLOAD_LIMIT_MB = 0.05
 
 
 @pytest.fixture(scope="module")
-def demo_model(tmp_path_factory):
-    "An untrained 2-class head on the embedded encoder, saved as pipeline run `run-t` would save it."
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from sentiment_nb.core import embedded_model_path
-    d = tmp_path_factory.mktemp("demo-model") / "run-t" / "model"
-    AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(d)
-    AutoModelForSequenceClassification.from_pretrained(
-        embedded_model_path(), num_labels=2, id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1}).save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def server(demo_model, tmp_path_factory):
+def server(untrained_model, tmp_path_factory):
     "The demo on a free port, its temp dir (TMPDIR) under the test's folder so uploads can be found."
     base = tmp_path_factory.mktemp("demo")
     (base / "tmp").mkdir()
     port = bench.free_port()
-    proc = bench.start_server(demo_model, base / "predictions.sqlite", port, "--max-upload-mb", str(UPLOAD_LIMIT_MB),
+    proc = bench.start_server(untrained_model, base / "predictions.sqlite", port, "--max-upload-mb", str(UPLOAD_LIMIT_MB),
                               env={"TMPDIR": str(base / "tmp")})
     yield {"url": f"http://127.0.0.1:{port}/", "port": port, "log": base / "predictions.sqlite", "tmp": base / "tmp"}
     proc.terminate(); proc.wait(30)
@@ -49,11 +36,11 @@ def logged_ids(log_path) -> set:
 
 def test_health_and_predict_single_and_batch(server):
     h = httpx.get(server["url"] + "health").json()
-    assert (h["model_state"], h["run_id"], h["labels"]) == ("ready", "run-t", ["negative", "positive"])
+    assert (h["model_state"], h["run_id"], h["labels"]) == ("ready", "untrained", ["negative", "positive"])
     assert h["uptime_s"] > 0
     one = httpx.post(server["url"] + "predict", json={"text": "A warm and funny film."}).json()
     assert one["label"] in ("negative", "positive") and abs(sum(one["scores"].values()) - 1) < 1e-4
-    assert one["confidence"] == max(one["scores"].values()) and one["processing_ms"] > 0 and one["run_id"] == "run-t"
+    assert one["confidence"] == max(one["scores"].values()) and one["processing_ms"] > 0 and one["run_id"] == "untrained"
     many = httpx.post(server["url"] + "predict", json={"texts": ["good", "bad", "so-so"]}).json()
     assert len(many["predictions"]) == 3 and all(p["truncated"] is False for p in many["predictions"])
     ids = {one["request_id"]} | {p["request_id"] for p in many["predictions"]}
@@ -91,7 +78,7 @@ def test_gradio_client_calls_the_classify_endpoint(server):
     label, timing = Client(server["url"], verbose=False).predict("A moving, beautiful film.", api_name="/classify")
     assert label["label"] in ("negative", "positive")
     assert {c["label"] for c in label["confidences"]} == {"negative", "positive"}
-    assert " ms" in timing and "run-t" in timing
+    assert " ms" in timing and "untrained" in timing
 
 
 def test_binds_loopback_only(server):
@@ -138,7 +125,7 @@ def test_browser_predict_batch_and_bad_input(server, browser_page, tmp_path):
     label = page.locator("#prediction [data-testid=label-output-value]")
     label.wait_for()
     assert label.inner_text() in ("negative", "positive")
-    page.get_by_text("run-t").first.wait_for()
+    page.get_by_text("untrained").first.wait_for()
     assert " ms" in page.locator("#timing").inner_text()
     shot = tmp_path / "demo.png"
     page.screenshot(path=str(shot))
@@ -194,11 +181,11 @@ def test_load_200_clients_no_error_no_lost_row(server):
     assert bench.missing_from_log(server["log"], result.acked) == []
 
 
-def test_sigkill_under_load_loses_no_acknowledged_prediction(demo_model, tmp_path):
+def test_sigkill_under_load_loses_no_acknowledged_prediction(untrained_model, tmp_path):
     "Also: lazy loading, release when idle, and basic auth from the environment."
     port, log_path, creds = bench.free_port(), tmp_path / "predictions.sqlite", ("demo", "s3cret-pw")
     url = f"http://127.0.0.1:{port}/"
-    proc = bench.start_server(demo_model, log_path, port, "--lazy", "--idle-unload-minutes", "0.02",
+    proc = bench.start_server(untrained_model, log_path, port, "--lazy", "--idle-unload-minutes", "0.02",
                               env={"SENTIMENT_NB_DEMO_USER": creds[0], "SENTIMENT_NB_DEMO_PASSWORD": creds[1]})
     try:
         assert httpx.get(url + "health").json()["model_state"] == "stopped"
