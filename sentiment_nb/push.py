@@ -10,11 +10,11 @@ from typing import Any, Callable
 from .core import new_run_id, read_json, resolve_path, sha256_file, write_json
 
 # %% auto #0
-__all__ = ['PUSH_DEFAULTS', 'LOWER_IS_BETTER', 'AUTH_CODES', 'TRANSIENT_CODES', 'MAX_SINGLE_UPLOAD', 'WEED_PORT_FLAGS',
-           'PushError', 'check_bucket_name', 'check_prefix', 'check_run_id', 'check_conditions', 'push_settings',
-           'check_condition_metrics', 'condition_results', 's3_client', 'error_code', 'is_transient',
-           'explain_s3_error', 'with_retries', 'check_credentials', 'check_push_ready', 'sha256_bytes',
-           'remote_matches', 'upload_verified', 'ensure_bucket', 'port_is_free', 'free_ports', 'weed_binary',
+__all__ = ['PUSH_DEFAULTS', 'LOWER_IS_BETTER', 'AUTH_CODES', 'NOT_FOUND_CODES', 'TRANSIENT_CODES', 'MAX_SINGLE_UPLOAD',
+           'WEED_PORT_FLAGS', 'PushError', 'check_bucket_name', 'check_prefix', 'check_run_id', 'check_conditions',
+           'push_settings', 'check_condition_metrics', 'condition_results', 's3_client', 'error_code', 'is_transient',
+           'explain_s3_error', 'with_retries', 'check_credentials', 'sha256_bytes', 'remote_matches', 'upload_verified',
+           'bucket_exists', 'ensure_bucket', 'check_push_ready', 'port_is_free', 'free_ports', 'weed_binary',
            'LocalS3Server', 'local_s3_server', 's3_key', 'run_files', 'push_model', 'check_relative_key',
            'default_cache_dir', 'local_copy_verified', 'read_object', 'download_verified', 'resolve_run', 'pull_model',
            'push_run_id', 'push_if_conditions_hold', 'raise_if_push_failed', 'model_card']
@@ -102,6 +102,7 @@ def condition_results(metrics: dict, conditions: list[dict]) -> list[dict]:
 # %% ../nbs/14_push.ipynb #ca4a1f07
 AUTH_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken",
               "InvalidClientTokenId", "UnrecognizedClientException", "AuthorizationHeaderMalformed", "403")
+NOT_FOUND_CODES = ("404", "NoSuchBucket", "NoSuchKey", "NotFound")
 TRANSIENT_CODES = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
                    "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "500", "502", "503", "504")
 
@@ -132,7 +133,7 @@ def explain_s3_error(err: Exception, what: str, attempts: int) -> str:
     if code in AUTH_CODES:
         return (f"S3 rejected the credentials ({code}) while {what}; not retried. Check AWS_ACCESS_KEY_ID / "
                 f"AWS_SECRET_ACCESS_KEY or the AWS profile, and that they may use this bucket")
-    if code in ("NoSuchBucket", "NoSuchKey", "404", "NotFound"): return f"not found ({code}) while {what}"
+    if code in NOT_FOUND_CODES: return f"not found ({code}) while {what}"
     if code is not None: return f"S3 error {code} while {what} after {tries}: {err}"
     if is_transient(err): return f"could not reach S3 while {what} after {tries}: {type(err).__name__}: {err}"
     from botocore.exceptions import NoCredentialsError, PartialCredentialsError
@@ -159,11 +160,6 @@ def check_credentials(region: str = "us-east-1") -> None:
                         "`sentiment-nb s3-local -- sentiment-nb run ...` (what `make run` does); to skip the push, "
                         "pass -p push_model_s3.enabled false")
 
-def check_push_ready(settings: dict, known_metrics: list[str]) -> None:
-    "Before any scoring: when the push is enabled, its conditions name real metrics and credentials exist."
-    check_condition_metrics(settings["conditions"], known_metrics)
-    if settings["enabled"]: check_credentials(settings["region"])
-
 # %% ../nbs/14_push.ipynb #c90813d8
 MAX_SINGLE_UPLOAD = 5 * 1024 ** 3
 
@@ -174,7 +170,7 @@ def remote_matches(client, bucket: str, key: str, size: int, sha256: str) -> boo
     from botocore.exceptions import ClientError
     try: head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     except ClientError as e:
-        if error_code(e) in ("404", "NoSuchKey", "NotFound"): return False
+        if error_code(e) in NOT_FOUND_CODES: return False
         raise
     remote = head.get("ChecksumSHA256")
     remote = base64.b64decode(remote).hex() if remote else head.get("Metadata", {}).get("sha256")
@@ -199,18 +195,28 @@ def upload_verified(client, bucket: str, key: str, source: Path | bytes, tries: 
         raise PushError(f"{where} does not match what was sent ({size} bytes, sha256 {sha[:12]}...) after the upload")
     return {"size": size, "sha256": sha, "status": "uploaded"}
 
+def bucket_exists(client, bucket: str, tries: int = 4, backoff_s: float = 1.0) -> bool:
+    "Whether the bucket exists; a PushError when S3 cannot be reached or refuses the credentials."
+    try: with_retries(lambda: client.head_bucket(Bucket=bucket), f"checking bucket {bucket!r}", tries, backoff_s)
+    except PushError as e:
+        if error_code(e.__cause__) in NOT_FOUND_CODES: return False
+        raise
+    return True
+
 def ensure_bucket(client, bucket: str, region: str = "us-east-1", tries: int = 4, backoff_s: float = 1.0) -> bool:
     "Create the bucket when it does not exist; True when it was created."
-    from botocore.exceptions import ClientError
-    try:
-        with_retries(lambda: client.head_bucket(Bucket=bucket), f"checking bucket {bucket!r}", tries, backoff_s)
-        return False
-    except PushError as e:
-        cause = e.__cause__
-        if not (isinstance(cause, ClientError) and error_code(cause) in ("404", "NoSuchBucket", "NotFound")): raise
+    if bucket_exists(client, bucket, tries, backoff_s): return False
     where = {} if region in ("", None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
     with_retries(lambda: client.create_bucket(Bucket=bucket, **where), f"creating bucket {bucket!r}", tries, backoff_s)
     return True
+
+# %% ../nbs/14_push.ipynb #52ade85c
+def check_push_ready(settings: dict, known_metrics: list[str], client=None, tries: int = 2, backoff_s: float = 0.5) -> None:
+    "When the push is enabled: conditions name real metrics, credentials exist, the endpoint answers and accepts them."
+    check_condition_metrics(settings["conditions"], known_metrics)
+    if not settings["enabled"]: return
+    check_credentials(settings["region"])
+    bucket_exists(client or s3_client(settings["endpoint_url"], settings["region"]), settings["bucket_name"], tries, backoff_s)
 
 # %% ../nbs/14_push.ipynb #5e7305b3
 WEED_PORT_FLAGS = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
@@ -395,7 +401,7 @@ def resolve_run(client, bucket: str, prefix: str, run_id: str, tries: int = 4, b
     if run_id == "latest":
         try: latest = json.loads(read_object(client, bucket, s3_key(prefix, "latest.json"), tries, backoff_s))
         except PushError as e:
-            if error_code(e.__cause__) not in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"): raise
+            if error_code(e.__cause__) not in NOT_FOUND_CODES: raise
             raise PushError(f"no model pushed to s3://{bucket}/{prefix} to pull: {e}") from e
         run_id, expected = latest.get("run_id"), latest.get("manifest_sha256")
     body = read_object(client, bucket, s3_key(prefix, check_run_id(run_id), "manifest.json"), tries, backoff_s)

@@ -135,6 +135,9 @@ def test_wrong_credentials_fail_at_once_without_a_retry_storm(s3, tmp_path, monk
         with pytest.raises(PushError, match=r"S3 rejected the credentials \((403|SignatureDoesNotMatch)\) while .*; not retried"):
             call(client)
         assert len(sent) == 1 and time.time() - started < 2, f"{len(sent)} requests for rejected credentials"
+    settings = push_settings({"enabled": True, "bucket_name": "wrongcreds", "endpoint_url": s3.endpoint_url})
+    with pytest.raises(PushError, match="S3 rejected the credentials"):   # stage 03 checks this before it scores
+        check_push_ready(settings, ["accuracy"])
 
 
 def test_pull_verifies_checksums_before_loading(s3, tmp_path):
