@@ -11,7 +11,7 @@ import pandas as pd
 import seaborn as sns
 from sklearn import metrics as skm
 
-from .core import progress, resolve_path, write_json
+from .core import resolve_path, write_json
 from .infer import load_model, predict_proba
 
 # %% auto #0
