@@ -3,7 +3,6 @@ conditions, bad settings, missing or wrong credentials, a server that is down or
 refuse tampered checksums and path-traversal manifests."""
 import hashlib, json, socket, sys, time
 
-import boto3
 import numpy as np
 import pytest
 
