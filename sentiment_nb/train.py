@@ -44,6 +44,7 @@ class TrainingParams:
     dropout_rate: float = 0.1
     freeze_backbone: bool = False
     trainable_last_layers: int = 0
+    freeze_embeddings: bool = False
     n_epochs: float = 1
     max_train_samples: int = 0
     max_eval_samples: int = 0
@@ -222,7 +223,8 @@ def count_parameters(model) -> dict[str, int]:
     return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total": sum(p.numel() for p in model.parameters())}
 
-def freeze_for_training(model, freeze_backbone: bool = False, trainable_last_layers: int = 0) -> dict[str, int]:
+def freeze_for_training(model, freeze_backbone: bool = False, trainable_last_layers: int = 0,
+                        freeze_embeddings: bool = False) -> dict[str, int]:
     "Freeze the backbone except its last `trainable_last_layers` blocks and the pooler; raise if nothing trains."
     if freeze_backbone:
         layers = encoder_layers(model)
@@ -232,6 +234,7 @@ def freeze_for_training(model, freeze_backbone: bool = False, trainable_last_lay
         for name, p in model.base_model.named_parameters(): p.requires_grad_("pooler" in name)
         for layer in layers[len(layers) - trainable_last_layers:] if trainable_last_layers else []:
             for p in layer.parameters(): p.requires_grad_(True)
+    if freeze_embeddings: (getattr(model.base_model, "embeddings", None) or model.get_input_embeddings()).requires_grad_(False)
     counts = count_parameters(model)
     if counts["trainable"] == 0:
         raise ValueError(f"nothing to train: every parameter of {type(model).__name__} is frozen "
@@ -457,7 +460,7 @@ def build_trainer(p: TrainingParams):
     weights = class_weight_vector(train_df["label"].tolist(), len(id2label), p.class_weights)
     set_seed(p.seed)
     model, tokenizer = load_model_and_tokenizer(p.model_name, p.tokenizer_name, id2label, p.dropout_rate)
-    counts = freeze_for_training(model, p.freeze_backbone, p.trainable_last_layers)
+    counts = freeze_for_training(model, p.freeze_backbone, p.trainable_last_layers, p.freeze_embeddings)
     run, train_dir, best_dir = stage_paths(p)
     resume = checkpoint_to_resume(train_dir, p.resume_from_checkpoint)
     check_train_dir(train_dir, p.clean_train_dir_before_training, resume is not None)
