@@ -223,8 +223,9 @@ WEED_PORT_FLAGS = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc",
                    "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc")
 
 def port_is_free(port: int) -> bool:
-    "Whether a TCP port on 127.0.0.1 can be bound now."
+    "Whether a TCP port on 127.0.0.1 can be bound now (by a server that, like weed, sets SO_REUSEADDR)."
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try: s.bind(("127.0.0.1", port)); return True
         except OSError: return False
 
@@ -284,17 +285,20 @@ class LocalS3Server:
         "Start `weed mini` and wait until its S3 API answers an authenticated request."
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.port and not port_is_free(self.port): raise OSError(f"port {self.port} on 127.0.0.1 is in use: pick another")
-        self.ports = self.choose_ports()
-        cmd = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
-               "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-               *[f"-{flag}={port}" for flag, port in self.ports.items()]]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        with open(self.data_dir / "weed.log", "ab") as log:
-            self.process = subprocess.Popen(cmd, cwd=self.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
         atexit.register(self.stop)
-        self.wait_ready()
-        return self
+        for attempt in (1, 2):
+            self.ports = self.choose_ports()
+            cmd = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
+                   "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+                   *[f"-{flag}={port}" for flag, port in self.ports.items()]]
+            with open(self.data_dir / "weed.log", "ab") as log:
+                self.process = subprocess.Popen(cmd, cwd=self.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, start_new_session=True)
+            try: self.wait_ready(); return self
+            except RuntimeError:
+                if attempt == 2 or self.port: raise
+                (self.data_dir / ".ports.json").unlink(missing_ok=True)   # a saved port was taken meanwhile: take fresh ones
 
     def wait_ready(self) -> None:
         "Poll until ListBuckets succeeds; raise with the log's tail when the server exits or times out."
