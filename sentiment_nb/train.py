@@ -508,6 +508,7 @@ def train_classifier(p: TrainingParams) -> tuple[dict, pd.DataFrame]:
     trainer, ctx = build_trainer(p)
     if is_main_process(): prepare_train_dir(ctx["train_dir"], p.clean_train_dir_before_training, ctx["resume"] is not None)
     trainer.train(resume_from_checkpoint=ctx["resume"])
+    if not eval_records(trainer.state.log_history): trainer.evaluate()   # a run shorter than one epoch
     history = history_frame(trainer.state.log_history)
     best_dir = ctx["train_dir"] / "best"
     summary = {}
