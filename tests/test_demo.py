@@ -1,6 +1,6 @@
 """The demo (04) served for real: `sentiment-nb serve` in a subprocess on a free loopback port, its HTTP API,
 gradio_client, Debian's chromium driven by Playwright, a bounded load test and a SIGKILL under load."""
-import asyncio, importlib.util, os, shutil, signal, sqlite3, sys, threading, time, uuid
+import asyncio, importlib.util, json, os, shutil, signal, sqlite3, sys, threading, time, uuid
 from pathlib import Path
 
 import httpx
@@ -18,13 +18,16 @@ UPLOAD_LIMIT_MB = 0.05
 
 @pytest.fixture(scope="module")
 def server(untrained_model, tmp_path_factory):
-    "The demo on a free port, its temp dir (TMPDIR) under the test's folder so uploads can be found."
-    base = tmp_path_factory.mktemp("demo")
+    """The demo on a free port, its temp dir (TMPDIR) under the test's folder so uploads can be found.
+    SENTIMENT_NB_DEMO_MODEL serves a trained model instead (how docs/demo.png is made)."""
+    base, model = tmp_path_factory.mktemp("demo"), os.environ.get("SENTIMENT_NB_DEMO_MODEL") or untrained_model
     (base / "tmp").mkdir()
     port = bench.free_port()
-    proc = bench.start_server(untrained_model, base / "predictions.sqlite", port, "--max-upload-mb", str(UPLOAD_LIMIT_MB),
+    proc = bench.start_server(model, base / "predictions.sqlite", port, "--max-upload-mb", str(UPLOAD_LIMIT_MB),
                               env={"TMPDIR": str(base / "tmp")})
-    yield {"url": f"http://127.0.0.1:{port}/", "port": port, "log": base / "predictions.sqlite", "tmp": base / "tmp"}
+    run_id = json.loads((Path(model) / "training_summary.json").read_text())["run_id"]
+    yield {"url": f"http://127.0.0.1:{port}/", "port": port, "log": base / "predictions.sqlite", "tmp": base / "tmp",
+           "run_id": run_id}
     proc.terminate(); proc.wait(30)
 
 
@@ -36,11 +39,11 @@ def logged_ids(log_path) -> set:
 
 def test_health_and_predict_single_and_batch(server):
     h = httpx.get(server["url"] + "health").json()
-    assert (h["model_state"], h["run_id"], h["labels"]) == ("ready", "untrained", ["negative", "positive"])
+    assert (h["model_state"], h["run_id"], h["labels"]) == ("ready", server["run_id"], ["negative", "positive"])
     assert h["uptime_s"] > 0
     one = httpx.post(server["url"] + "predict", json={"text": "A warm and funny film."}).json()
     assert one["label"] in ("negative", "positive") and abs(sum(one["scores"].values()) - 1) < 1e-4
-    assert one["confidence"] == max(one["scores"].values()) and one["processing_ms"] > 0 and one["run_id"] == "untrained"
+    assert one["confidence"] == max(one["scores"].values()) and one["processing_ms"] > 0 and one["run_id"] == server["run_id"]
     many = httpx.post(server["url"] + "predict", json={"texts": ["good", "bad", "so-so"]}).json()
     assert len(many["predictions"]) == 3 and all(p["truncated"] is False for p in many["predictions"])
     ids = {one["request_id"]} | {p["request_id"] for p in many["predictions"]}
@@ -78,7 +81,7 @@ def test_gradio_client_calls_the_classify_endpoint(server):
     label, timing = Client(server["url"], verbose=False).predict("A moving, beautiful film.", api_name="/classify")
     assert label["label"] in ("negative", "positive")
     assert {c["label"] for c in label["confidences"]} == {"negative", "positive"}
-    assert " ms" in timing and "untrained" in timing
+    assert " ms" in timing and server["run_id"] in timing
 
 
 def test_binds_loopback_only(server):
@@ -119,13 +122,13 @@ def toast(page, text: str) -> None:
 def test_browser_predict_batch_and_bad_input(server, browser_page, tmp_path):
     page, url = browser_page, server["url"]
     page.goto(url)
-    review = f"A wonderful, moving film with a brilliant cast. {uuid.uuid4().hex[:8]}"
+    review = f"A wonderful, moving film with a brilliant cast (review {uuid.uuid4().hex[:6]})."
     page.locator("#review textarea").fill(review)
     page.locator("#classify").click()
     label = page.locator("#prediction [data-testid=label-output-value]")
     label.wait_for()
     assert label.inner_text() in ("negative", "positive")
-    page.get_by_text("untrained").first.wait_for()
+    page.get_by_text(server["run_id"]).first.wait_for()
     assert " ms" in page.locator("#timing").inner_text()
     shot = tmp_path / "demo.png"
     page.screenshot(path=str(shot))
