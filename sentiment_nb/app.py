@@ -20,8 +20,8 @@ from .core import read_json, resolve_path, use_offline_hub
 log = logging.getLogger("sentiment_nb.app")
 
 # %% auto #0
-__all__ = ['log', 'LOG_SCHEMA', 'LOG_COLUMNS', 'EXAMPLES', 'InputError', 'clean_text', 'texts_from_payload', 'open_log_db',
-           'PredictionLog', 'text_hash', 'prediction_rows', 'run_id_of', 'ModelSlot', 'score_and_log',
+__all__ = ['log', 'LOG_SCHEMA', 'LOG_COLUMNS', 'EXAMPLES', 'CARD_PARAMS', 'InputError', 'clean_text', 'texts_from_payload',
+           'open_log_db', 'PredictionLog', 'text_hash', 'prediction_rows', 'run_id_of', 'ModelSlot', 'score_and_log',
            'read_upload_csv', 'texts_of_column', 'write_scored_csv', 'metrics_table', 'evaluation_artifacts',
            'DemoSettings', 'basic_auth_from_env', 'basic_auth_ok', 'model_card', 'model_tab_values', 'build_blocks',
            'read_body', 'build_api', 'Demo', 'free_port', 'share_link', 'RunningDemo', 'start_demo', 'wait_until_ready',
@@ -341,6 +341,8 @@ EXAMPLES = [
     "Oh great, another two hours of my life I will never get back. Truly a masterpiece.",      # sarcastic
 ]
 
+CARD_PARAMS = ("model_name", "n_epochs", "batch_size", "learning_rate", "loss", "class_weights", "max_train_samples", "seed")
+
 def model_card(slot: ModelSlot, settings: DemoSettings) -> tuple[str, pd.DataFrame, list[str]]:
     "Markdown about the served model, the metrics table and the evaluation figures (image, caption)."
     h, m = slot.health(), slot.model
@@ -349,7 +351,7 @@ def model_card(slot: ModelSlot, settings: DemoSettings) -> tuple[str, pd.DataFra
         params = m.info.get("params", {})
         lines += [f"**run**: `{run_id_of(m)}`", f"**folder**: `{m.model_dir}`", f"**classes**: {', '.join(m.labels)}",
                   f"**max input length**: {m.max_length} tokens"]
-        lines += [f"**{k}**: {v}" for k, v in params.items() if isinstance(v, (int, float, str)) and k != "run_dir"][:12]
+        lines += [f"**{k}**: {params[k]}" for k in CARD_PARAMS if k in params]
     if h["error"]: lines.append(f"**load error**: {h['error']}")
     metrics = settings.metrics_path or (Path(m.model_dir).parent / "metrics.json" if m is not None else "")
     table, figures = evaluation_artifacts(metrics) if metrics else (pd.DataFrame(), [])
@@ -424,7 +426,7 @@ def build_blocks(slot: ModelSlot, plog: PredictionLog, settings: DemoSettings, o
             run.click(score_file, [upload, column], [scored, batch_status], api_name="score_csv")
         with gr.Tab("Model") as model_tab:
             card, table = gr.Markdown(), gr.Dataframe(label="metrics from evaluation (03)", interactive=False)
-            figures = gr.Gallery(label="evaluation figures", columns=2, height="auto")
+            figures = gr.Gallery(label="evaluation figures", columns=2, height="auto", object_fit="contain")
             model_tab.select(lambda: model_tab_values(slot, settings), None, [card, table, figures], api_visibility="private")
         with gr.Tab("Log") as log_tab:
             log_table = gr.Dataframe(label="latest predictions", interactive=False, elem_id="log")
