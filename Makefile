@@ -26,8 +26,10 @@ $(VENV)/.installed: setup.py settings.ini
 
 install: $(VENV)/.installed
 
+# The default run pushes the model to a local S3-compatible server (SeaweedFS on 127.0.0.1, data in data/s3/)
+# that lives only as long as the run; its fresh credentials exist only in the run's environment.
 run: install
-	$(BIN)/sentiment-nb run -f $(PARAMS) $(ARGS)
+	$(BIN)/sentiment-nb s3-local --data-dir data/s3 -- $(BIN)/sentiment-nb run -f $(PARAMS) $(ARGS)
 
 nbtest: install
 	$(BIN)/nbdev_test --n_workers 2

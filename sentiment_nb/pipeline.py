@@ -208,8 +208,9 @@ def run_pipeline(params_file: str | None = None, overrides: list[tuple[str, Any]
     "Run the stage notebooks in order into `reports/<run-id>/`; return the run folder."
     use_offline_hub()
     if resume: return resume_pipeline(resume, reports_dir, kernel, overrides)
-    available = select_stages(stage_notebooks(), stages)
-    declared = {s: declared_parameters(p) for s, p in available.items()}
+    every = stage_notebooks()
+    available = select_stages(every, stages)
+    declared = {s: declared_parameters(p) for s, p in every.items()}   # a file may name stages not run now
     defaults = {k: v for d in declared.values() for k, v in d.items()}
     params = apply_overrides(load_params(params_file), list(overrides), defaults)
     per_stage = assign_parameters(declared, params)
@@ -246,10 +247,11 @@ def resume_pipeline(run_id: str, reports_dir: str | Path = "reports", kernel: st
     manifest = read_json(run_dir / "manifest.json")
     manifest["params"] = apply_overrides(manifest["params"], list(overrides))
     done = {r["stage"] for r in manifest["stages"] if r["status"] == "ok"}
-    available = select_stages(stage_notebooks(), manifest["stages_requested"])
+    every = stage_notebooks()
+    available = select_stages(every, manifest["stages_requested"])
     todo = {s: p for s, p in available.items() if s not in done}
     if not todo: log.info("run %s has nothing left to run", run_id); return run_dir
-    declared = {s: declared_parameters(p) for s, p in available.items()}
+    declared = {s: declared_parameters(p) for s, p in every.items()}
     per_stage = assign_parameters(declared, manifest["params"])
     manifest.update(status="running", finished=None, resumed=datetime.now().isoformat(timespec="seconds"))
     return execute_stages(run_dir, manifest, todo, per_stage, kernel)
