@@ -228,3 +228,21 @@ def test_sigkill_under_load_loses_no_acknowledged_prediction(untrained_model, tm
     assert result.errors, "the load never saw the server die"
     assert len(result.acked) >= 150
     assert bench.missing_from_log(log_path, result.acked) == []
+
+
+def test_serve_a_model_pulled_from_s3(untrained_model, tmp_path):
+    "`--model s3://bucket/prefix` pulls the latest pushed run from a real (local SeaweedFS) S3 server."
+    from sentiment_nb.push import local_s3_server, push_model
+    with local_s3_server(tmp_path / "s3") as s3:
+        pushed = push_model(untrained_model, "demo-models", "sentiment", "r-s3", client=s3.client())
+        assert pushed["files"] > 3
+        port = bench.free_port()
+        proc = bench.start_server("s3://demo-models/sentiment", tmp_path / "predictions.sqlite", port,
+                                  env={**s3.env(), "SENTIMENT_NB_MODEL_CACHE": str(tmp_path / "cache")})
+        try:
+            h = httpx.get(f"http://127.0.0.1:{port}/health").json()
+            assert h["model_state"] == "ready" and Path(h["model_dir"]).is_relative_to(tmp_path / "cache")
+            r = httpx.post(f"http://127.0.0.1:{port}/predict", json={"text": "A fine film."}, timeout=60)
+            assert r.status_code == 200 and r.json()["label"] in ("negative", "positive")
+        finally:
+            proc.terminate(); proc.wait(30)
