@@ -6,8 +6,9 @@ import argparse, logging, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COMMANDS', 'add_run_command', 'run_command', 'add_serve_command', 'serve_command', 'add_s3_local_command',
-           's3_local_command', 'add_train_command', 'train_command', 'build_parser', 'main']
+__all__ = ['PREDICT_WRITERS', 'COMMANDS', 'add_run_command', 'run_command', 'add_serve_command', 'serve_command',
+           'add_s3_local_command', 's3_local_command', 'add_train_command', 'train_command', 'add_predict_command',
+           'predict_inputs', 'predict_command', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #0a3f53af
 def add_run_command(sub) -> None:
@@ -105,8 +106,68 @@ def train_command(args) -> int:
     train_from_params(apply_overrides(load_params(args.params_file), [tuple(p) for p in args.param]))
     return 0
 
+# %% ../nbs/13_cli.ipynb #808c98eb
+PREDICT_WRITERS = {".csv": lambda df, p: df.to_csv(p, index=False), ".tsv": lambda df, p: df.to_csv(p, sep="\t", index=False),
+                   ".jsonl": lambda df, p: df.to_json(p, orient="records", lines=True, force_ascii=False),
+                   ".parquet": lambda df, p: df.to_parquet(p, index=False)}
+
+def add_predict_command(sub) -> None:
+    "The `predict` sub-command: score texts, stdin lines or a table column."
+    from sentiment_nb.infer import VARIANTS
+    p = sub.add_parser("predict", help="score texts, stdin lines ('-') or a table column with a trained model")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to score; '-' reads one text per line from stdin")
+    p.add_argument("--file", default=None, help="table of texts to score (CSV, TSV, JSONL, JSON, parquet, xlsx)")
+    p.add_argument("--column", default="text", help="the column of --file that holds the texts")
+    p.add_argument("--out", default=None, help=f"write the scored rows here ({', '.join(PREDICT_WRITERS)})")
+    p.add_argument("--model", default=None, help="model folder, run id or s3://bucket/prefix[#run-id] "
+                                                  "(default: the newest run's model under --reports-dir)")
+    p.add_argument("--reports-dir", default="reports", help="folder of the run folders, for run ids and the default")
+    p.add_argument("--variant", default="auto", choices=["auto", *VARIANTS],
+                   help="runtime: auto (the fastest that keeps accuracy), PyTorch fp32/bf16/int8, ONNX fp32/int8")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the runtime's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per text (label, confidence, scores)")
+    p.set_defaults(func=predict_command)
+
+def predict_inputs(args, stdin=None):
+    "The texts to score and the table they come from (None for arguments and stdin), checked before loading a model."
+    if args.out and Path(args.out).suffix.lower() not in PREDICT_WRITERS:
+        raise ValueError(f"--out {args.out}: unknown format '{Path(args.out).suffix}', expected one of {list(PREDICT_WRITERS)}")
+    if args.file and args.texts: raise ValueError("give either TEXT arguments (or '-') or --file, not both")
+    if args.file:
+        from sentiment_nb.data import read_table
+        if "://" not in args.file and not Path(args.file).exists(): raise FileNotFoundError(f"--file {args.file} does not exist")
+        table = read_table(args.file)
+        if args.column not in table.columns:
+            raise ValueError(f"column '{args.column}' not in {args.file}; its columns are {list(table.columns)} (pick one with --column)")
+        return table[args.column].fillna("").astype(str).tolist(), table
+    if args.texts == ["-"]: return [l.rstrip("\r\n") for l in (stdin or sys.stdin) if l.strip()], None
+    if not args.texts: raise ValueError("nothing to score: give TEXT arguments, '-' to read stdin, or --file")
+    return list(args.texts), None
+
+def predict_command(args) -> int:
+    "Score the texts and print them, or write the scored table to --out."
+    import json
+    import pandas as pd
+    from sentiment_nb.infer import load_model, predict_proba_chunked, resolve_model_dir
+    texts, table = predict_inputs(args)
+    m = load_model(resolve_model_dir(args.model, args.reports_dir), threads=args.threads, variant=args.variant)
+    probs = predict_proba_chunked(m, texts, args.batch_size, desc=f"scoring ({m.variant})")
+    labels = [m.labels[i] for i in probs.argmax(1)]
+    if args.out:
+        out = (table.copy() if table is not None else pd.DataFrame({"text": texts})).assign(label=labels, confidence=probs.max(1))
+        for j, name in enumerate(m.labels): out[f"p_{name}"] = probs[:, j]
+        PREDICT_WRITERS[Path(args.out).suffix.lower()](out, args.out)
+        print(f"{len(texts)} rows scored with {m.model_dir} ({m.variant}) -> {args.out}", file=sys.stderr)
+        return 0
+    for t, l, p in zip(texts, labels, probs):
+        if args.json: print(json.dumps({"text": t, "label": l, "confidence": round(float(p.max()), 6),
+                                        "scores": {n: round(float(s), 6) for n, s in zip(m.labels, p)}}, ensure_ascii=False))
+        else: print(f"{l}\t{p.max():.3f}\t{t}")
+    return 0
+
 # %% ../nbs/13_cli.ipynb #9b8b0898
-COMMANDS = [add_run_command, add_serve_command, add_s3_local_command, add_train_command]
+COMMANDS = [add_run_command, add_serve_command, add_s3_local_command, add_train_command, add_predict_command]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `sentiment-nb` parser with every sub-command."

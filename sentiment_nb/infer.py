@@ -2,19 +2,25 @@
 
 # %% ../nbs/11_infer.ipynb #2a4e8d23
 from __future__ import annotations
-import time
+import hashlib, importlib.util, logging, os, time, warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 
-from .core import read_json, resolve_path
+from .core import progress, read_json, resolve_path, sha256_file, write_json
+
+log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['parse_s3_source', 'resolve_model_dir', 'SentimentModel', 'load_model', 'length_sorted_batches', 'predict_proba',
-           'predict']
+__all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'MODEL_INPUT_NAMES', 'FUSABLE_MODEL_TYPES', 'PROBE_TEXTS', 'EXPORT_RECIPE',
+           'ONNX_FILES', 'parse_s3_source', 'newest_model_dir', 'resolve_model_dir', 'cpu_has', 'resolve_variant',
+           'load_text_encoder', 'pad_batch', 'length_sorted_batches', 'softmax', 'load_torch_classifier',
+           'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session', 'probe_inputs', 'max_logit_gap',
+           'fuse_onnx', 'export_onnx', 'quantize_onnx', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path',
+           'SentimentModel', 'config_labels', 'load_model', 'predict_proba', 'predict', 'predict_proba_chunked']
 
 # %% ../nbs/11_infer.ipynb #eee96783
 def parse_s3_source(source: str) -> tuple[str, str, str]:
@@ -24,8 +30,16 @@ def parse_s3_source(source: str) -> tuple[str, str, str]:
     if not bucket: raise ValueError(f"'{source}' names no bucket: expected s3://bucket/prefix[#run-id]")
     return bucket, prefix.strip("/"), run_id or "latest"
 
-def resolve_model_dir(source: str | Path, reports_dir: str | Path = "reports") -> Path:
-    "The local model folder for a folder path, a run id or an S3 location (pulled and verified)."
+def newest_model_dir(reports_dir: str | Path = "reports") -> Path:
+    "The model folder of the most recently trained run under `reports_dir`."
+    found = sorted(resolve_path(reports_dir).glob("*/model/config.json"), key=lambda p: p.stat().st_mtime)
+    if not found: raise FileNotFoundError(f"no model found under {resolve_path(reports_dir)}/ (no <run-id>/model/"
+                                          f"config.json): train one with `sentiment-nb run` or name a model")
+    return found[-1].parent
+
+def resolve_model_dir(source: str | Path | None = None, reports_dir: str | Path = "reports") -> Path:
+    "The local model folder for a folder path, a run id or an S3 location (pulled and verified); None: the newest run's."
+    if source is None or str(source) == "": return newest_model_dir(reports_dir)
     s = str(source)
     if s.startswith("s3://"):
         from sentiment_nb.push import pull_model
@@ -36,28 +50,42 @@ def resolve_model_dir(source: str | Path, reports_dir: str | Path = "reports") -
                             f"{resolve_path(reports_dir)}/, or s3://bucket/prefix[#run-id]")
 
 # %% ../nbs/11_infer.ipynb #ca22fa74
-@dataclass
-class SentimentModel:
-    "A tokenizer and a sequence-classification model ready to score texts."
-    tokenizer: Any
-    model: Any
-    labels: list[str]
-    model_dir: Path
-    run_id: str | None = None
-    max_length: int = 128
-    info: dict = field(default_factory=dict)
+VARIANTS = ("fp32", "bf16", "int8", "onnx", "onnx-int8")
+AUTO_VARIANT = "onnx-int8"
 
-def load_model(source: str | Path, max_length: int | None = None, threads: int | None = None) -> SentimentModel:
-    "Load a trained model from a folder, a run id or S3, in eval mode."
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    if threads: torch.set_num_threads(threads)
-    d = resolve_model_dir(source)
-    tok = AutoTokenizer.from_pretrained(d)
-    model = AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True, trust_remote_code=False).eval()
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    summary = read_json(d / "training_summary.json") if (d / "training_summary.json").exists() else {}
-    length = max_length or summary.get("params", {}).get("max_input_length") or 128
-    return SentimentModel(tok, model, labels, d, summary.get("run_id"), int(length), summary)
+def cpu_has(*flags: str) -> dict[str, bool]:
+    "Which of these CPU flags (`avx512_vnni`, `avx512_bf16`, `amx_bf16`, ...) /proc/cpuinfo lists."
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    have = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    return {f: f in have for f in flags}
+
+def resolve_variant(variant: str = "auto") -> str:
+    "The concrete variant for a name; `auto` is the fastest one that keeps accuracy and whose runtime is installed."
+    if variant == "auto": return AUTO_VARIANT if importlib.util.find_spec("onnxruntime") else "int8"
+    if variant not in VARIANTS: raise ValueError(f"variant '{variant}' is not one of {['auto', *VARIANTS]}")
+    return variant
+
+# %% ../nbs/11_infer.ipynb #549f2c28
+def load_text_encoder(model_dir: str | Path, max_length: int):
+    "The model's Rust tokenizer, truncating at `max_length` tokens and never padding."
+    from tokenizers import Tokenizer
+    path = Path(model_dir) / "tokenizer.json"
+    if path.exists(): enc = Tokenizer.from_file(str(path))
+    else:
+        from transformers import AutoTokenizer
+        enc = AutoTokenizer.from_pretrained(model_dir).backend_tokenizer
+    enc.enable_truncation(int(max_length)); enc.no_padding()
+    return enc
+
+def pad_batch(encodings: Sequence, rows: Sequence[int], input_names: Sequence[str], pad_id: int = 0) -> dict[str, np.ndarray]:
+    "The model inputs (int64) of the chosen rows, padded to the longest of them."
+    width = max(len(encodings[i].ids) for i in rows)
+    ids = np.full((len(rows), width), pad_id, np.int64); mask = np.zeros_like(ids); types = np.zeros_like(ids)
+    for r, i in enumerate(rows):
+        e = encodings[i]; n = len(e.ids)
+        ids[r, :n] = e.ids; mask[r, :n] = 1; types[r, :n] = e.type_ids
+    feats = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {k: feats[k] for k in input_names}
 
 # %% ../nbs/11_infer.ipynb #a1a8c50e
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
@@ -66,18 +94,212 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
     order = np.argsort(-np.asarray(lengths), kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    "Row-wise softmax in float32."
+    z = np.asarray(logits, np.float32); z = np.exp(z - z.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
 # %% ../nbs/11_infer.ipynb #24b71571
-@torch.inference_mode()
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+def load_torch_classifier(model_dir: str | Path, attn_implementation: str | None = None):
+    "The sequence-classification model of a folder, in eval mode."
+    from transformers import AutoModelForSequenceClassification
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False,
+                                                              **kw).eval()
+
+def torch_input_names(model) -> list[str]:
+    "The model inputs, of `input_ids`/`attention_mask`/`token_type_ids`, that its `forward` takes."
+    import inspect
+    params = inspect.signature(model.forward).parameters
+    return [n for n in MODEL_INPUT_NAMES if n in params]
+
+def torch_runner(model, variant: str = "fp32") -> tuple[Any, Callable[[dict], np.ndarray]]:
+    "The (possibly quantized) model and a function from padded numpy inputs to logits."
+    import torch
+    if variant == "int8":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    def run(feats: dict) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+            return model(**{k: torch.from_numpy(v) for k, v in feats.items()}).logits.float().numpy()
+    return model, run
+
+# %% ../nbs/11_infer.ipynb #ff20ef1c
+FUSABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert")
+PROBE_TEXTS = ("A fine, moving film.", "Dull, long, and so tedious that it never seems to end at all.", "Meh.")
+
+def onnx_runner(session) -> tuple[list[str], Callable[[dict], np.ndarray]]:
+    "The input names of an onnxruntime session and a function from padded inputs to logits."
+    names = [i.name for i in session.get_inputs()]
+    return names, lambda feats: session.run(None, feats)[0]
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    "An onnxruntime CPU session with every graph optimization on and `threads` intra-op threads."
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if threads: so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+def probe_inputs(model_dir: str | Path, input_names: Sequence[str], texts: Sequence[str] = PROBE_TEXTS) -> dict:
+    "Padded model inputs of a few probe texts."
+    encs = load_text_encoder(model_dir, 64).encode_batch_fast(list(texts))
+    return pad_batch(encs, range(len(texts)), input_names, read_json(Path(model_dir) / "config.json").get("pad_token_id") or 0)
+
+def max_logit_gap(onnx_path: str | Path, feats: dict, expected: np.ndarray) -> float:
+    "Largest absolute difference between an ONNX file's logits and the expected ones."
+    _, run = onnx_runner(onnx_session(onnx_path))
+    return float(np.abs(run(feats) - expected).max())
+
+# %% ../nbs/11_infer.ipynb #4c1f5743
+def fuse_onnx(src: str | Path, dst: str | Path, config: dict) -> dict:
+    "Fuse a BERT-like ONNX graph with onnxruntime's transformer optimizer; the fused operator counts."
+    from onnxruntime.transformers.optimizer import optimize_model
+    opt = optimize_model(str(src), model_type="bert", num_heads=int(config.get("num_attention_heads", 0)),
+                         hidden_size=int(config.get("hidden_size", 0)), opt_level=0)
+    opt.save_model_to_file(str(dst))
+    return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+
+def export_onnx(model_dir: str | Path, out_path: str | Path, opset: int = 17, tolerance: float = 1e-3) -> dict:
+    "Export a classifier to ONNX, fuse it where possible, and check its logits against PyTorch."
+    import torch
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    model, config = load_torch_classifier(model_dir, "eager"), read_json(model_dir / "config.json")
+    names = torch_input_names(model)
+    trace, probe = probe_inputs(model_dir, names, PROBE_TEXTS[:2]), probe_inputs(model_dir, names)
+    with torch.inference_mode(): expected = model(**{k: torch.from_numpy(v) for k, v in probe.items()}).logits.numpy()
+    raw = out_path.with_name(out_path.stem + ".raw.onnx")
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, tuple(torch.from_numpy(trace[n]) for n in names), str(raw), dynamo=False,
+                          input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=opset)
+    info = {"opset": opset, "fused": {}, "max_logit_gap": max_logit_gap(raw, probe, expected)}
+    if info["max_logit_gap"] > tolerance:
+        raw.unlink(); raise RuntimeError(f"ONNX export of {model_dir} differs from PyTorch by {info['max_logit_gap']:.2g}")
+    if config.get("model_type") in FUSABLE_MODEL_TYPES:
+        try:
+            fused = fuse_onnx(raw, out_path, config)
+            gap = max_logit_gap(out_path, probe, expected)
+            if gap <= tolerance: info.update(fused=fused, max_logit_gap=gap); raw.unlink(); return info
+            log.warning("fused ONNX graph differs from PyTorch by %.2g: keeping the unfused export", gap)
+        except Exception as e: log.warning("ONNX fusion failed (%s): keeping the unfused export", e)
+    os.replace(raw, out_path)
+    return info
+
+# %% ../nbs/11_infer.ipynb #add3e46d
+def quantize_onnx(src: str | Path, dst: str | Path, per_channel: bool = False) -> Path:
+    "Write a dynamic int8 copy of an ONNX model (int8 weights, uint8 activations)."
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import logging as _logging
+    quiet = _logging.getLogger().level
+    _logging.getLogger().setLevel(_logging.ERROR)             # the quantizer logs every node, and advice
+    try: quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
+                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})
+    finally: _logging.getLogger().setLevel(quiet)
+    return Path(dst)
+
+# %% ../nbs/11_infer.ipynb #bb5a87b3
+EXPORT_RECIPE = 1   # bump when export, fusion or quantization change: older caches are then rebuilt
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    "SHA-256 over a model folder's weights and config, the export recipe and the onnxruntime version."
+    from importlib.metadata import version
+    d, h = Path(model_dir), hashlib.sha256(f"recipe={EXPORT_RECIPE};ort={version('onnxruntime')}".encode())
+    for f in sorted(d.glob("*.safetensors")) + [d / "config.json"]: h.update(f"{f.name}={sha256_file(f)};".encode())
+    return h.hexdigest()
+
+def onnx_cache_dir(model_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    "Where the ONNX files of a model folder live: `cache_dir`, `$SENTIMENT_NB_ONNX_CACHE`, else `<model_dir>.onnx/`."
+    model_dir = Path(model_dir).resolve()
+    base = cache_dir or os.environ.get("SENTIMENT_NB_ONNX_CACHE")
+    if base: return resolve_path(base) / hashlib.sha256(str(model_dir).encode()).hexdigest()[:16]
+    return model_dir.with_name(model_dir.name + ".onnx")
+
+def onnx_model_path(model_dir: str | Path, variant: str = "onnx", cache_dir: str | Path | None = None) -> Path:
+    "The cached ONNX file of a variant, exported (and quantized) first when missing or made from other weights."
+    d, fp = onnx_cache_dir(model_dir, cache_dir), model_fingerprint(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    meta = read_json(d / "export.json") if (d / "export.json").exists() else {}
+    fp32, tmp = d / ONNX_FILES["onnx"], f".{os.getpid()}.tmp.onnx"
+    if meta.get(fp32.name, {}).get("fingerprint") != fp or not fp32.exists():
+        t0 = time.perf_counter()
+        log.info("exporting %s to ONNX in %s (once per weights)", model_dir, d)
+        info = export_onnx(model_dir, d / (fp32.stem + tmp))
+        os.replace(d / (fp32.stem + tmp), fp32)
+        meta = {"model_dir": str(Path(model_dir).resolve()),
+                fp32.name: {"fingerprint": fp, **info, "seconds": round(time.perf_counter() - t0, 2)}}
+        write_json(d / "export.json", meta)
+    if variant == "onnx": return fp32
+    q = d / ONNX_FILES[variant]
+    if meta.get(q.name, {}).get("fingerprint") != fp or not q.exists():
+        os.replace(quantize_onnx(fp32, d / (q.stem + tmp)), q)
+        meta[q.name] = {"fingerprint": fp, "from": fp32.name}
+        write_json(d / "export.json", meta)
+    return q
+
+# %% ../nbs/11_infer.ipynb #67c3e8ad
+@dataclass
+class SentimentModel:
+    "A tokenizer and a scoring function of one variant of a sequence-classification model."
+    encoder: Any
+    run: Callable[[dict], np.ndarray]
+    input_names: list[str]
+    labels: list[str]
+    model_dir: Path
+    variant: str = "fp32"
+    model: Any = None
+    run_id: str | None = None
+    max_length: int = 128
+    pad_id: int = 0
+    info: dict = field(default_factory=dict)
+
+    @cached_property
+    def tokenizer(self):
+        "The transformers tokenizer of the model folder."
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(self.model_dir)
+
+def config_labels(config: dict) -> list[str]:
+    "Class names in id order from a model's `config.json` (transformers' `LABEL_<i>` where it names none)."
+    id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+def load_model(source: str | Path | None = None, max_length: int | None = None, threads: int | None = None,
+               variant: str = "fp32", cache_dir: str | Path | None = None) -> SentimentModel:
+    "Load a trained model from a folder, a run id or S3 (None: the newest run's) as one variant."
+    d, variant = resolve_model_dir(source), resolve_variant(variant)
+    config = read_json(d / "config.json")
+    labels = config_labels(config)
+    summary = read_json(d / "training_summary.json") if (d / "training_summary.json").exists() else {}
+    length = int(max_length or summary.get("params", {}).get("max_input_length") or 128)
+    if variant.startswith("onnx"):
+        session = onnx_session(onnx_model_path(d, variant, cache_dir), threads)
+        (names, run), model = onnx_runner(session), session
+    else:
+        import torch
+        if threads: torch.set_num_threads(int(threads))
+        model, run = torch_runner(load_torch_classifier(d), variant)
+        names = torch_input_names(model)
+    return SentimentModel(load_text_encoder(d, length), run, names, labels, d, variant, model, summary.get("run_id"),
+                          length, config.get("pad_token_id") or 0, summary)
+
+# %% ../nbs/11_infer.ipynb #11297b1f
 def predict_proba(m: SentimentModel, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     "Class probabilities, one row per text, in input order."
     texts = [str(t) for t in texts]
     if not texts: return np.zeros((0, len(m.labels)), dtype=np.float32)
-    enc = m.tokenizer(texts, truncation=True, max_length=m.max_length)
-    ids = enc["input_ids"]
+    encs = m.encoder.encode_batch_fast(texts)
     out = np.zeros((len(texts), len(m.labels)), dtype=np.float32)
-    for batch in length_sorted_batches([len(x) for x in ids], batch_size):
-        feats = m.tokenizer.pad({k: [enc[k][i] for i in batch] for k in enc.keys()}, return_tensors="pt")
-        out[batch] = torch.softmax(m.model(**feats).logits.float(), dim=-1).numpy()
+    for rows in length_sorted_batches([len(e.ids) for e in encs], batch_size):
+        out[rows] = softmax(m.run(pad_batch(encs, rows, m.input_names, m.pad_id)))
     return out
 
 def predict(m: SentimentModel, texts: Sequence[str], batch_size: int = 64) -> list[dict]:
@@ -85,3 +307,14 @@ def predict(m: SentimentModel, texts: Sequence[str], batch_size: int = 64) -> li
     probs = predict_proba(m, texts, batch_size)
     return [{"label": m.labels[int(p.argmax())], "confidence": float(p.max()),
              "scores": {l: float(s) for l, s in zip(m.labels, p)}} for p in probs]
+
+# %% ../nbs/11_infer.ipynb #af3fafd4
+def predict_proba_chunked(m: SentimentModel, texts: Sequence[str], batch_size: int = 64, chunk_size: int = 2048,
+                          desc: str = "scoring") -> np.ndarray:
+    "`predict_proba` over chunks of texts, with a progress bar counting texts."
+    out = np.zeros((len(texts), len(m.labels)), dtype=np.float32)
+    with progress(total=len(texts), desc=desc, unit="text") as bar:
+        for i in range(0, len(texts), chunk_size):
+            out[i:i + chunk_size] = predict_proba(m, texts[i:i + chunk_size], batch_size)
+            bar.update(len(texts[i:i + chunk_size]))
+    return out
