@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio, base64, binascii, concurrent.futures as cf, gc, hashlib, io, json, logging, os, queue, secrets
 import socket, sqlite3, tempfile, threading, time, uuid
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
