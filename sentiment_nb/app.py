@@ -144,9 +144,10 @@ class ModelSlot:
     _UNLOAD = object()
 
     def __init__(self, source: str | Path, loader: Callable[[], infer.SentimentModel] | None = None,
-                 idle_unload_minutes: float = 0, batch_size: int = 32, max_batch_texts: int = 512):
+                 idle_unload_minutes: float = 0, batch_size: int = 32, max_batch_texts: int = 512,
+                 variant: str = "fp32"):
         self.source, self.batch_size, self.max_batch_texts = str(source), batch_size, max_batch_texts
-        self.loader = loader or (lambda: infer.load_model(self.source))
+        self.loader = loader or (lambda: infer.load_model(self.source, variant=variant))
         self.idle_s = idle_unload_minutes * 60
         self.model: infer.SentimentModel | None = None
         self.state, self.error, self.loads = "stopped", None, 0
@@ -174,7 +175,8 @@ class ModelSlot:
         except Exception as e:
             self.state, self.error = "failed", f"{type(e).__name__}: {e}"; raise
         self.state, self.loads = "ready", self.loads + 1
-        log.info("model %s loaded in %.1f s (run %s)", self.source, time.perf_counter() - t0, run_id_of(self.model))
+        log.info("model %s loaded in %.1f s (run %s, %s)", self.source, time.perf_counter() - t0, run_id_of(self.model),
+                 self.model.variant)
 
     def _take_jobs(self) -> list:
         "The next queue item and the scoring jobs queued behind it, up to `max_batch_texts` texts."
@@ -226,6 +228,7 @@ class ModelSlot:
         m = self.model
         return {"model_state": self.state, "run_id": self.run_id, "model_source": self.source,
                 "model_dir": str(m.model_dir) if m else None, "labels": list(m.labels) if m else None,
+                "variant": m.variant if m else None,
                 "loads": self.loads, "error": self.error}
 
     def close(self) -> None:
@@ -308,6 +311,7 @@ class DemoSettings:
     log_path: str = "reports/predictions.sqlite"
     store_texts: bool = True
     load_model_at_start: bool = True
+    model_variant: str = "auto"             # see infer.VARIANTS
     idle_unload_minutes: float = 30.0
     max_text_chars: int = 5000
     max_texts_per_request: int = 256
@@ -350,7 +354,7 @@ def model_card(slot: ModelSlot, settings: DemoSettings) -> tuple[str, pd.DataFra
     if m is not None:
         params = m.info.get("params", {})
         lines += [f"**run**: `{run_id_of(m)}`", f"**folder**: `{m.model_dir}`", f"**classes**: {', '.join(m.labels)}",
-                  f"**max input length**: {m.max_length} tokens"]
+                  f"**runtime**: {m.variant}", f"**max input length**: {m.max_length} tokens"]
         lines += [f"**{k}**: {params[k]}" for k in CARD_PARAMS if k in params]
     if h["error"]: lines.append(f"**load error**: {h['error']}")
     metrics = settings.metrics_path or (Path(m.model_dir).parent / "metrics.json" if m is not None else "")
@@ -487,7 +491,9 @@ class Demo:
         import gradio as gr
         use_offline_hub()
         self.settings, self.auth = settings, basic_auth_from_env()
-        self.slot = ModelSlot(settings.model_source, loader, settings.idle_unload_minutes, settings.predict_batch_size)
+        infer.resolve_variant(settings.model_variant)                  # an unknown variant fails before anything starts
+        self.slot = ModelSlot(settings.model_source, loader, settings.idle_unload_minutes, settings.predict_batch_size,
+                              variant=settings.model_variant)
         self.log = PredictionLog(settings.log_path, settings.store_texts)
         self._out = tempfile.TemporaryDirectory(prefix="sentiment-nb-demo-")
         self.blocks = build_blocks(self.slot, self.log, settings, self._out.name)

@@ -42,6 +42,8 @@ def add_serve_command(sub) -> None:
     p.add_argument("--metrics", default="", help="metrics.json for the Model tab (default: the model's run folder)")
     p.add_argument("--log", default="reports/predictions.sqlite", help="SQLite prediction log")
     p.add_argument("--no-log-texts", action="store_true", help="log only each text's SHA-256, not the text")
+    p.add_argument("--variant", default="auto", help="runtime: auto (the fastest that keeps accuracy), fp32, bf16, "
+                                                     "int8, onnx or onnx-int8")
     p.add_argument("--lazy", action="store_true", help="load the model on the first request, not at start")
     p.add_argument("--idle-unload-minutes", type=float, default=30.0, help="release the model when idle, 0: never")
     p.add_argument("--max-upload-mb", type=float, default=5.0, help="largest CSV the Batch tab accepts")
@@ -50,9 +52,9 @@ def add_serve_command(sub) -> None:
 def serve_command(args) -> int:
     "Check the model source, then serve the demo until interrupted."
     from sentiment_nb.infer import resolve_model_dir
-    model_dir = resolve_model_dir(args.model)
+    resolve_model_dir(args.model)               # a wrong source fails here, before anything starts (S3: pulled once)
     from sentiment_nb.app import DemoSettings, serve_demo
-    settings = DemoSettings(str(model_dir), args.metrics, args.log, not args.no_log_texts, not args.lazy,
+    settings = DemoSettings(args.model, args.metrics, args.log, not args.no_log_texts, not args.lazy, args.variant,
                             args.idle_unload_minutes, max_upload_mb=args.max_upload_mb)
     try: serve_demo(settings, args.host, args.port, args.share)
     except OSError as e: print(f"sentiment-nb serve: error: {e}", file=sys.stderr); return 2

@@ -41,6 +41,8 @@ def test_health_and_predict_single_and_batch(server):
     h = httpx.get(server["url"] + "health").json()
     assert (h["model_state"], h["run_id"], h["labels"]) == ("ready", server["run_id"], ["negative", "positive"])
     assert h["uptime_s"] > 0
+    from sentiment_nb.infer import resolve_variant
+    assert h["variant"] == resolve_variant("auto")            # the fastest runtime installed (ONNX int8 here)
     one = httpx.post(server["url"] + "predict", json={"text": "A warm and funny film."}).json()
     assert one["label"] in ("negative", "positive") and abs(sum(one["scores"].values()) - 1) < 1e-4
     assert one["confidence"] == max(one["scores"].values()) and one["processing_ms"] > 0 and one["run_id"] == server["run_id"]
