@@ -37,7 +37,7 @@ class TrainingParams:
     tokenizer_name: str = ""
     max_input_length: int = 128
     batch_size: int = 32
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     lr_scheduler: str = "linear"
