@@ -7,10 +7,12 @@ with default settings against each variant of `sentiment_nb.infer`, on the same 
 
 Each variant runs in its own process, one after the other (no thread pools left spinning between them): the
 baseline, then fp32, bf16, int8, onnx, onnx-int8. Batch scoring is timed over all texts (best and median of
---repeats passes, after a warm-up), single-text latency over --latency-texts texts of at most 64 tokens one at
-a time, tokenization included. Last, a fresh `sentiment-nb predict --file ... --variant auto` process scores
-the texts, and its peak RSS is the serving memory. Prints the table and the ratios to the baseline; appends
-one JSON row per variant to bench/results/infer.jsonl. Needs the splits of 01 in --processed-dir.
+--repeats passes after a warm-up, and the CPU time per text, which a busy machine inflates less); single-text
+latency over --latency-texts texts of at most 64 tokens, one at a time, tokenization included. Last, a fresh
+`sentiment-nb predict --file ... --variant auto` process scores the texts: its peak RSS is the serving memory.
+Prints the table and the ratios to the baseline; appends one JSON row per variant to bench/results/infer.jsonl.
+Needs the splits of 01 in --processed-dir. The load average at start and end is recorded: on a shared machine
+the figures move with it.
 """
 from __future__ import annotations
 import argparse, io, json, os, platform, resource, statistics, subprocess, sys, tempfile, time
@@ -31,11 +33,11 @@ def machine() -> dict:
             "extensions": [f for f, ok in cpu_has("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8").items() if ok]}
 
 
-def timed_passes(fn, repeats: int) -> list[float]:
-    "Wall seconds of `repeats` calls of fn."
+def timed_passes(fn, repeats: int) -> list[tuple[float, float]]:
+    "Wall and CPU seconds (all threads of this process) of `repeats` calls of fn."
     out = []
     for _ in range(repeats):
-        t0 = time.perf_counter(); fn(); out.append(time.perf_counter() - t0)
+        c0, t0 = time.process_time(), time.perf_counter(); fn(); out.append((time.perf_counter() - t0, time.process_time() - c0))
     return out
 
 
@@ -54,8 +56,9 @@ def pipeline_worker(model_dir: Path, texts, labels, lat_texts, repeats: int) -> 
     pipe = pipeline("text-classification", model=str(model_dir))
     label2id = pipe.model.config.label2id
     pipe(texts[:16])
-    passes = timed_passes(lambda: pipe(texts), repeats)
-    preds = [label2id[r["label"]] for r in pipe(texts)]
+    last = {}
+    passes = timed_passes(lambda: last.update(out=pipe(texts)), repeats)
+    preds = [label2id[r["label"]] for r in last["out"]]
     size = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
     return {"accuracy": sum(int(p == y) for p, y in zip(preds, labels)) / len(labels), "passes_s": passes,
             **latency_ms(lambda t: pipe(t), lat_texts), "size_mb": size / 2**20, "tokenize_s": None}
@@ -69,9 +72,10 @@ def variant_worker(variant: str, model_dir: Path, texts, labels, lat_texts, repe
     m = infer.load_model(model_dir, threads=threads, variant=variant)
     load_s = time.perf_counter() - t0
     infer.predict_proba(m, texts[:batch_size * 2], batch_size)
-    passes = timed_passes(lambda: infer.predict_proba(m, texts, batch_size), repeats)
-    tok = min(timed_passes(lambda: m.encoder.encode_batch_fast(list(texts)), 3))
-    preds = infer.predict_proba(m, texts, batch_size).argmax(1)
+    last = {}
+    passes = timed_passes(lambda: last.update(out=infer.predict_proba(m, texts, batch_size)), repeats)
+    tok = min(timed_passes(lambda: m.encoder.encode_batch_fast(list(texts)), 3))[0]
+    preds = last["out"].argmax(1)
     return {"accuracy": float((preds == labels).mean()), "passes_s": passes, "load_s": round(load_s, 2),
             **latency_ms(lambda t: infer.predict_proba(m, [t]), lat_texts), "size_mb": model_size(m) / 2**20,
             "tokenize_s": tok}
@@ -111,10 +115,11 @@ def run_worker(args) -> dict:
     texts, labels, lat = bench_texts(args.processed_dir, args.n_texts, args.latency_texts, model_dir)
     if args.worker == "pipeline": r = pipeline_worker(model_dir, texts, labels, lat, args.repeats)
     else: r = variant_worker(args.worker, model_dir, texts, labels, lat, args.repeats, args.batch_size, args.threads)
-    best, med = min(r["passes_s"]), statistics.median(r["passes_s"])
+    best, med = min(w for w, _ in r["passes_s"]), statistics.median(w for w, _ in r["passes_s"])
+    cpu = min(c for _, c in r["passes_s"])
     return {"variant": args.worker, "n_texts": len(texts), "latency_texts": len(lat),
             "accuracy": round(100 * r["accuracy"], 2), "texts_per_s": round(len(texts) / best, 1),
-            "texts_per_s_median": round(len(texts) / med, 1), "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"],
+            "texts_per_s_median": round(len(texts) / med, 1), "cpu_ms_per_text": round(1000 * cpu / len(texts), 2), "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"],
             "size_mb": round(r["size_mb"], 1), "load_s": r.get("load_s"),
             "tokenize_share": round(r["tokenize_s"] / best, 3) if r["tokenize_s"] else None,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -149,12 +154,12 @@ def newest_model() -> Path:
 def print_table(rows: list[dict]) -> None:
     "The variant table with the ratio of texts/s to the baseline."
     base = next((r["texts_per_s"] for r in rows if r["variant"] == "pipeline"), None)
-    print(f"\n{'variant':<10} {'accuracy':>8} {'texts/s':>8} {'x base':>7} {'p50 ms':>7} {'p95 ms':>7} {'size MB':>8} "
-          f"{'tok share':>9} {'RSS MB':>7}")
+    print(f"\n{'variant':<10} {'accuracy':>8} {'texts/s':>8} {'x base':>7} {'CPU ms/text':>11} {'p50 ms':>7} {'p95 ms':>7} "
+          f"{'size MB':>8} {'tok share':>9} {'RSS MB':>7}")
     for r in rows:
         ratio = f"{r['texts_per_s'] / base:.1f}" if base else "-"
         tok = f"{100 * r['tokenize_share']:.0f} %" if r.get("tokenize_share") else "-"
-        print(f"{r['variant']:<10} {r['accuracy']:>8.2f} {r['texts_per_s']:>8.1f} {ratio:>7} {r['p50_ms']:>7.2f} "
+        print(f"{r['variant']:<10} {r['accuracy']:>8.2f} {r['texts_per_s']:>8.1f} {ratio:>7} {r['cpu_ms_per_text']:>11.2f} {r['p50_ms']:>7.2f} "
               f"{r['p95_ms']:>7.2f} {r['size_mb']:>8.1f} {tok:>9} {r['peak_rss_mb']:>7.0f}")
 
 
@@ -166,9 +171,9 @@ def main() -> int:
     ap.add_argument("--latency-texts", type=int, default=300, help="texts of <= 64 tokens timed one at a time")
     ap.add_argument("--variants", default=",".join(VARIANT_ORDER[1:]), help="comma-separated sentiment_nb.infer variants")
     ap.add_argument("--skip-baseline", action="store_true", help="do not run the transformers pipeline baseline")
-    ap.add_argument("--batch-size", type=int, default=64, help="texts per batch for the variants")
+    ap.add_argument("--batch-size", type=int, default=32, help="texts per batch for the variants")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime (0: their default)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes over all texts per variant (best and median kept)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed passes over all texts per variant (best and median kept)")
     ap.add_argument("--serve-variant", default="auto", help="variant of the serving-memory process ('' to skip)")
     ap.add_argument("--out", default=str(RESULTS), help="JSON lines file the rows are appended to")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)

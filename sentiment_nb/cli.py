@@ -126,7 +126,7 @@ def add_predict_command(sub) -> None:
     p.add_argument("--reports-dir", default="reports", help="folder of the run folders, for run ids and the default")
     p.add_argument("--variant", default="auto", choices=["auto", *VARIANTS],
                    help="runtime: auto (the fastest that keeps accuracy), PyTorch fp32/bf16/int8, ONNX fp32/int8")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the runtime's)")
     p.add_argument("--json", action="store_true", help="print one JSON object per text (label, confidence, scores)")
     p.set_defaults(func=predict_command)

@@ -194,7 +194,7 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, opset: int = 17, to
     return info
 
 # %% ../nbs/11_infer.ipynb #add3e46d
-def quantize_onnx(src: str | Path, dst: str | Path, per_channel: bool = False) -> Path:
+def quantize_onnx(src: str | Path, dst: str | Path, per_channel: bool = True) -> Path:
     "Write a dynamic int8 copy of an ONNX model (int8 weights, uint8 activations)."
     from onnxruntime.quantization import QuantType, quantize_dynamic
     import logging as _logging
@@ -206,7 +206,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, per_channel: bool = False) -
     return Path(dst)
 
 # %% ../nbs/11_infer.ipynb #bb5a87b3
-EXPORT_RECIPE = 1   # bump when export, fusion or quantization change: older caches are then rebuilt
+EXPORT_RECIPE = 2   # bump when export, fusion or quantization change: older caches are then rebuilt
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
 
 def model_fingerprint(model_dir: str | Path) -> str:
@@ -292,7 +292,7 @@ def load_model(source: str | Path | None = None, max_length: int | None = None, 
                           length, config.get("pad_token_id") or 0, summary)
 
 # %% ../nbs/11_infer.ipynb #11297b1f
-def predict_proba(m: SentimentModel, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+def predict_proba(m: SentimentModel, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
     "Class probabilities, one row per text, in input order."
     texts = [str(t) for t in texts]
     if not texts: return np.zeros((0, len(m.labels)), dtype=np.float32)
@@ -302,14 +302,14 @@ def predict_proba(m: SentimentModel, texts: Sequence[str], batch_size: int = 64)
         out[rows] = softmax(m.run(pad_batch(encs, rows, m.input_names, m.pad_id)))
     return out
 
-def predict(m: SentimentModel, texts: Sequence[str], batch_size: int = 64) -> list[dict]:
+def predict(m: SentimentModel, texts: Sequence[str], batch_size: int = 32) -> list[dict]:
     "Label, confidence and the score of every class for each text."
     probs = predict_proba(m, texts, batch_size)
     return [{"label": m.labels[int(p.argmax())], "confidence": float(p.max()),
              "scores": {l: float(s) for l, s in zip(m.labels, p)}} for p in probs]
 
 # %% ../nbs/11_infer.ipynb #af3fafd4
-def predict_proba_chunked(m: SentimentModel, texts: Sequence[str], batch_size: int = 64, chunk_size: int = 2048,
+def predict_proba_chunked(m: SentimentModel, texts: Sequence[str], batch_size: int = 32, chunk_size: int = 2048,
                           desc: str = "scoring") -> np.ndarray:
     "`predict_proba` over chunks of texts, with a progress bar counting texts."
     out = np.zeros((len(texts), len(m.labels)), dtype=np.float32)
