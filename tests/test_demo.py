@@ -187,10 +187,10 @@ def test_load_200_clients_no_error_no_lost_row(server):
 
 
 def test_sigkill_under_load_loses_no_acknowledged_prediction(untrained_model, tmp_path):
-    "Also: lazy loading, release when idle, and basic auth from the environment."
+    "Also: lazy loading, release when idle, basic auth from the environment, a log without texts."
     port, log_path, creds = bench.free_port(), tmp_path / "predictions.sqlite", ("demo", "s3cret-pw")
     url = f"http://127.0.0.1:{port}/"
-    proc = bench.start_server(untrained_model, log_path, port, "--lazy", "--idle-unload-minutes", "0.02",
+    proc = bench.start_server(untrained_model, log_path, port, "--lazy", "--idle-unload-minutes", "0.02", "--no-log-texts",
                               env={"SENTIMENT_NB_DEMO_USER": creds[0], "SENTIMENT_NB_DEMO_PASSWORD": creds[1]})
     try:
         assert httpx.get(url + "health").json()["model_state"] == "stopped"
@@ -230,6 +230,10 @@ def test_sigkill_under_load_loses_no_acknowledged_prediction(untrained_model, tm
     assert result.errors, "the load never saw the server die"
     assert len(result.acked) >= 150
     assert bench.missing_from_log(log_path, result.acked) == []
+    con = sqlite3.connect(str(log_path))
+    try: texts, hashes = con.execute("SELECT COUNT(text), COUNT(DISTINCT text_hash) FROM predictions").fetchone()
+    finally: con.close()
+    assert texts == 0 and hashes > 150, "--no-log-texts stored texts (or no hashes)"
 
 
 def test_serve_a_model_pulled_from_s3(untrained_model, tmp_path):
