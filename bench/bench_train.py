@@ -51,6 +51,39 @@ def run_worker(name: str, args) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def interleaved_throughput(names: list[str], args, steps: int) -> dict[str, dict]:
+    """Samples/s of each configuration's real Trainer step (forward, backward, clipping, optimizer), the
+    configurations taking turns step by step in one process, so that load from other processes hits them alike."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from sentiment_nb.core import use_offline_hub
+    from sentiment_nb.train import TrainingParams, build_trainer
+    use_offline_hub()
+    runs = {}
+    for name in names:
+        common = dict(processed_dir=args.processed_dir, run_dir=tempfile.mkdtemp(), max_train_samples=steps * 64,
+                      max_eval_samples=16, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                      max_input_length=args.max_input_length, num_threads=args.threads, seed=args.seed)
+        trainer, ctx = build_trainer(TrainingParams(**{**common, **CONFIGS[name]}))
+        trainer.create_optimizer_and_scheduler(num_training_steps=steps + 2)
+        trainer.model.train()
+        runs[name] = dict(trainer=trainer, batches=iter(trainer.get_train_dataloader()), seconds=0.0, samples=0,
+                          info=dict(mean_train_tokens=ctx["mean_tokens"], bf16=ctx["bf16"], threads=ctx["threads"]))
+
+    def step(r) -> int:
+        t, batch = r["trainer"], next(r["batches"])
+        t.training_step(t.model, batch)
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.args.max_grad_norm)
+        t.optimizer.step(); t.lr_scheduler.step(); t.optimizer.zero_grad(set_to_none=True)
+        return len(batch["labels"])
+
+    for i in range(steps + 1):                      # the first round warms up and is not counted
+        for name, r in runs.items():
+            t0 = time.perf_counter(); n = step(r); dt = time.perf_counter() - t0
+            if i: r["seconds"] += dt; r["samples"] += n
+    return {name: {**r["info"], "samples_per_second": r["samples"] / r["seconds"]} for name, r in runs.items()}
+
+
 def gemm_peak(threads: int, dtype_name: str, n: int = 1024, seconds: float = 1.5) -> float:
     "Measured FLOP/s of square matrix products on this machine (the practical compute bound)."
     import torch
@@ -95,6 +128,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--no-save", action="store_true", help="print only, append no row to the results file")
+    ap.add_argument("--interleaved-steps", type=int, default=0,
+                    help="time N training steps of every configuration taking turns in one process (robust on a busy "
+                         "machine) instead of training each for whole epochs")
     args = ap.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(run_worker(args.worker, args)), flush=True)
@@ -102,7 +138,12 @@ def main() -> int:
 
     started, load_before = datetime.now(timezone.utc), os.getloadavg()
     rows = []
-    for name in args.configs:
+    if args.interleaved_steps:
+        print(f"interleaved: {args.interleaved_steps} steps of each configuration, taking turns ...", flush=True)
+        inter = interleaved_throughput(args.configs, args, args.interleaved_steps)
+        rows = [{"config": n, "settings": CONFIGS[n], "mode": f"interleaved, {args.interleaved_steps} steps",
+                 "seconds_per_epoch": None, "validation_accuracy": None, "peak_rss_mb": None, **inter[n]} for n in args.configs]
+    for name in [] if args.interleaved_steps else args.configs:
         cmd = [sys.executable, __file__, "--worker", name] + [a for a in sys.argv[1:] if a not in args.configs
                                                                  and a != "--configs"]
         print(f"[{name}] training ...", flush=True)
@@ -129,9 +170,10 @@ def main() -> int:
         peak = peaks["bfloat16" if r["bf16"] else "float32"]
         r.update(ratio_to_baseline=round(r["samples_per_second"] / base["samples_per_second"], 2),
                  useful_gflops=round(flops / 1e9, 1), fraction_of_gemm_peak=round(flops / peak, 3))
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)
         print(f"{r['config']:16} {r['samples_per_second']:10.1f} {r['ratio_to_baseline']:7.2f} "
-              f"{r['seconds_per_epoch']:8.0f} {r['validation_accuracy']:8.4f} {r['useful_gflops']:15.1f} "
-              f"{r['fraction_of_gemm_peak']:8.1%} {r['peak_rss_mb']:7.0f}")
+              f"{fmt(r['seconds_per_epoch'], '8.0f'):>8} {fmt(r['validation_accuracy'], '8.4f'):>8} "
+              f"{r['useful_gflops']:15.1f} {r['fraction_of_gemm_peak']:8.1%} {fmt(r['peak_rss_mb'], '7.0f'):>7}")
     row = {"bench": "train", "date": started.isoformat(timespec="seconds"), "machine": machine(),
            "torch": torch.__version__, "load_average_before": round(load_before[0], 2),
            "load_average_after": round(os.getloadavg()[0], 2), "args": {k: v for k, v in vars(args).items() if k != "worker"},
