@@ -51,6 +51,11 @@ def run_worker(name: str, args) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def endless_batches(trainer):
+    "The trainer's training batches, epoch after epoch."
+    while True: yield from trainer.get_train_dataloader()
+
+
 def interleaved_throughput(names: list[str], args, steps: int) -> dict[str, dict]:
     """Samples/s of each configuration's real Trainer step (forward, backward, clipping, optimizer), the
     configurations taking turns step by step in one process, so that load from other processes hits them alike."""
@@ -67,7 +72,7 @@ def interleaved_throughput(names: list[str], args, steps: int) -> dict[str, dict
         trainer, ctx = build_trainer(TrainingParams(**{**common, **CONFIGS[name]}))
         trainer.create_optimizer_and_scheduler(num_training_steps=steps + 2)
         trainer.model.train()
-        runs[name] = dict(trainer=trainer, batches=iter(trainer.get_train_dataloader()), seconds=0.0, samples=0,
+        runs[name] = dict(trainer=trainer, batches=endless_batches(trainer), seconds=0.0, samples=0,
                           info=dict(mean_train_tokens=ctx["mean_tokens"], bf16=ctx["bf16"], threads=ctx["threads"]))
 
     def step(r) -> int:
