@@ -8,7 +8,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['PREDICT_WRITERS', 'COMMANDS', 'add_run_command', 'run_command', 'add_serve_command', 'serve_command',
            'add_s3_local_command', 's3_local_command', 'add_train_command', 'train_command', 'add_predict_command',
-           'predict_inputs', 'predict_command', 'build_parser', 'main']
+           'predict_inputs', 'predict_command', 'build_parser', 'is_user_error', 'main']
 
 # %% ../nbs/13_cli.ipynb #0a3f53af
 def add_run_command(sub) -> None:
@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     for add in COMMANDS: add(sub)
     return parser
 
+def is_user_error(e: BaseException) -> bool:
+    "Errors that come from what the user gave (a value, a path, a bucket), not from a bug."
+    push = sys.modules.get("sentiment_nb.push")  # a PushError can only come from an imported push module
+    return isinstance(e, (ValueError, FileNotFoundError, KeyError)) or bool(push and isinstance(e, push.PushError))
+
 def main(argv: list[str] | None = None) -> int:
     "Parse the command line and run the sub-command."
     from sentiment_nb.pipeline import StageFailed
@@ -185,5 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try: return args.func(args)
     except StageFailed as e: print(f"sentiment-nb: {e}", file=sys.stderr); return 1
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"sentiment-nb {args.command}: error: {e}", file=sys.stderr); return 2
+    except Exception as e:
+        if not is_user_error(e): raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"sentiment-nb {args.command}: error: {msg}", file=sys.stderr); return 2
