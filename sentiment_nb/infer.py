@@ -61,7 +61,7 @@ def cpu_has(*flags: str) -> dict[str, bool]:
 
 def resolve_variant(variant: str = "auto") -> str:
     "The concrete variant for a name; `auto` is the fastest one that keeps accuracy and whose runtime is installed."
-    if variant == "auto": return AUTO_VARIANT if importlib.util.find_spec("onnxruntime") else "int8"
+    if variant == "auto": return AUTO_VARIANT if importlib.util.find_spec("onnxruntime") else "fp32"
     if variant not in VARIANTS: raise ValueError(f"variant '{variant}' is not one of {['auto', *VARIANTS]}")
     return variant
 
@@ -221,7 +221,9 @@ def onnx_cache_dir(model_dir: str | Path, cache_dir: str | Path | None = None) -
     model_dir = Path(model_dir).resolve()
     base = cache_dir or os.environ.get("SENTIMENT_NB_ONNX_CACHE")
     if base: return resolve_path(base) / hashlib.sha256(str(model_dir).encode()).hexdigest()[:16]
-    return model_dir.with_name(model_dir.name + ".onnx")
+    beside = model_dir.with_name(model_dir.name + ".onnx")
+    try: beside.mkdir(parents=True, exist_ok=True); return beside
+    except OSError: return onnx_cache_dir(model_dir, Path.home() / ".cache" / "sentiment_nb" / "onnx")  # read-only
 
 def onnx_model_path(model_dir: str | Path, variant: str = "onnx", cache_dir: str | Path | None = None) -> Path:
     "The cached ONNX file of a variant, exported (and quantized) first when missing or made from other weights."
