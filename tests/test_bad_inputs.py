@@ -133,3 +133,35 @@ def test_runner_rejects_wrong_parameters_before_starting(tmp_path, args, fragmen
     proc = run_cli("run", "--reports-dir", tmp_path, *args, timeout=120)
     assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr[-2000:]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(tmp_path_factory):
+    "Real splits of 200 Rotten Tomatoes rows, for the stages that read splits."
+    out = tmp_path_factory.mktemp("splits")
+    prepare_splits("rotten_tomatoes", max_rows=200, processed_dir=out)
+    return out
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("batch_size", "0", "batch_size=0 must be >= 1"),
+    ("learning_rate", "-0.001", "learning_rate=-0.001 must be > 0"),
+    ("n_epochs", "0", "n_epochs=0 must be > 0"),
+])
+def test_runner_refuses_bad_training_values_before_training(tmp_path, tiny_splits, name, value, fragment):
+    proc = run_cli("run", "--stages", "02", "--reports-dir", tmp_path, "--run-id", "bad", "-p", "processed_dir",
+                   tiny_splits, "-p", name, value, timeout=300)
+    assert proc.returncode == 1 and "stage 02_training" in proc.stderr, proc.stderr[-2000:]
+    assert fragment in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "bad" / "model").exists() and not (tmp_path / "bad" / "train").exists()
+
+
+def test_cli_predict_scores_odd_texts_from_a_file(tmp_path, untrained_model):
+    odd = ["", "   ", "nul\x00byte", "loved it 😍🎬", "סרט מצוין", "<b>bold</b> &amp; brash", "long review " * 90_000]
+    pd.DataFrame({"text": odd}).to_csv(tmp_path / "odd.csv", index=False)
+    proc = run_cli("predict", "--file", tmp_path / "odd.csv", "--out", tmp_path / "scored.csv",
+                   "--model", untrained_model, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scored = pd.read_csv(tmp_path / "scored.csv", keep_default_na=False)
+    assert len(scored) == len(odd) and set(scored["label"]) <= {"negative", "positive"}
+    assert scored["confidence"].between(0, 1).all()
