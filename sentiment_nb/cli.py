@@ -6,17 +6,20 @@ import argparse, logging, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PREDICT_WRITERS', 'COMMANDS', 'add_run_command', 'run_command', 'add_serve_command', 'serve_command',
-           'add_s3_local_command', 's3_local_command', 'add_train_command', 'train_command', 'add_predict_command',
-           'predict_inputs', 'predict_command', 'build_parser', 'is_user_error', 'main']
+__all__ = ['PREDICT_WRITERS', 'COMMANDS', 'add_params_options', 'add_run_command', 'run_command', 'add_serve_command',
+           'serve_command', 'add_s3_local_command', 's3_local_command', 'add_train_command', 'train_command',
+           'add_predict_command', 'predict_inputs', 'predict_command', 'build_parser', 'is_user_error', 'main']
 
 # %% ../nbs/13_cli.ipynb #0a3f53af
+def add_params_options(p, param_help: str) -> None:
+    "The `-f FILE` and repeatable `-p NAME VALUE` options that `run` and `train` share."
+    p.add_argument("-f", "--params-file", default=None, help="YAML file of parameters (e.g. params/default.yaml)")
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help=param_help)
+
 def add_run_command(sub) -> None:
     "The `run` sub-command: the papermill pipeline."
     p = sub.add_parser("run", help="run the stage notebooks with papermill into reports/<run-id>/")
-    p.add_argument("-f", "--params-file", default=None, help="YAML file of parameters (e.g. params/default.yaml)")
-    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="override one parameter; VALUE is read as YAML; a.b sets a key of a dict parameter")
+    add_params_options(p, "override one parameter; VALUE is read as YAML; a.b sets a key of a dict parameter")
     p.add_argument("--stages", default=None, help="comma-separated stage prefixes, e.g. 00,01 (default: all)")
     p.add_argument("--run-id", default=None, help="name of the run folder (default: a new time-stamped id)")
     p.add_argument("--resume", default=None, metavar="RUN_ID", help="continue this run from its failed stage")
@@ -89,9 +92,7 @@ def s3_local_command(args) -> int:
 def add_train_command(sub) -> None:
     "The `train` sub-command: stage 02 on its own, torchrun-ready."
     p = sub.add_parser("train", help="fine-tune the model (stage 02) without papermill; works under torchrun")
-    p.add_argument("-f", "--params-file", default=None, help="YAML file of parameters (e.g. params/default.yaml)")
-    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="set one training parameter (see the README's 02 table); VALUE is read as YAML")
+    add_params_options(p, "set one training parameter (see the README's 02 table); VALUE is read as YAML")
     p.set_defaults(func=train_command)
 
 def train_command(args) -> int:
