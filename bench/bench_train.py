@@ -16,13 +16,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "train.jsonl"
-BASELINE = dict(dynamic_padding=False, group_by_length=False, bf16=False, fused_optimizer=False)
-FAST = dict(dynamic_padding=True, group_by_length=True, bf16="auto", fused_optimizer=True)
+BASELINE = dict(dynamic_padding=False, group_by_length=False, bf16=False, fused_optimizer=False, cls_only_last_layer=False)
+FAST = dict(dynamic_padding=True, group_by_length=True, bf16="auto", fused_optimizer=True, cls_only_last_layer=True)
 CONFIGS = {
     "baseline": BASELINE,
     "dynamic_padding": {**BASELINE, "dynamic_padding": True},
     "dynamic_grouped": {**BASELINE, "dynamic_padding": True, "group_by_length": True},
-    "fast": FAST,                                                   # + bf16 autocast and the fused AdamW
+    "dynamic_grouped_fused": {**FAST, "cls_only_last_layer": False},  # + bf16 autocast and the fused AdamW
+    "fast": FAST,                                                   # + the [CLS]-only last layer
     "fast_b64": {**FAST, "batch_size": 64, "learning_rate": 1.4e-4},  # larger batch, learning rate x sqrt(2)
     "fast_compile": {**FAST, "torch_compile": True},
     "fast_frozen_emb": {**FAST, "freeze_embeddings": True},

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .core import (package_versions, read_json, resolve_model_name, resolve_path, use_offline_hub,
                                write_json)
 from .data import load_splits
+from .infer import cls_only_last_layer
 
 # %% auto #0
 __all__ = ['LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAIN_DIR_MARKER', 'TrainingParams',
@@ -65,6 +66,7 @@ class TrainingParams:
     dynamic_padding: bool = True
     group_by_length: bool = True
     fused_optimizer: bool = True
+    cls_only_last_layer: bool = True
     num_threads: int = 0
     torch_compile: bool = False
     run_dir: str = "reports/notebook"
@@ -461,6 +463,7 @@ def build_trainer(p: TrainingParams):
     set_seed(p.seed)
     model, tokenizer = load_model_and_tokenizer(p.model_name, p.tokenizer_name, id2label, p.dropout_rate)
     counts = freeze_for_training(model, p.freeze_backbone, p.trainable_last_layers, p.freeze_embeddings)
+    cls_only = p.cls_only_last_layer and cls_only_last_layer(model)
     run, train_dir, best_dir = stage_paths(p)
     resume = checkpoint_to_resume(train_dir, p.resume_from_checkpoint)
     check_train_dir(train_dir, p.clean_train_dir_before_training, resume is not None)
@@ -479,7 +482,7 @@ def build_trainer(p: TrainingParams):
     ctx = dict(device=device, bf16=bf16, threads=threads, id2label=id2label, class_weights=weights,
                parameters=counts, resume=resume, run_dir=run, train_dir=train_dir, best_model_dir=best_dir,
                tokenizer=tokenizer, log=log_cb, n_train=len(train_ds), n_eval=len(val_ds),
-               mean_tokens=float(np.mean(train_ds["length"])))
+               mean_tokens=float(np.mean(train_ds["length"])), cls_only_last_layer=cls_only)
     return trainer, ctx
 
 # %% ../nbs/02_training.ipynb #948fdc62
@@ -500,6 +503,7 @@ def training_summary(p: TrainingParams, ctx: dict, history: pd.DataFrame, best: 
             "n_train": ctx["n_train"], "n_validation": ctx["n_eval"], "mean_train_tokens": round(ctx["mean_tokens"], 2),
             "device": ctx["device"], "bf16": ctx["bf16"], "threads": ctx["threads"], "world_size": world_size(),
             "resumed_from": ctx["resume"], "class_weights": ctx["class_weights"], "parameters": ctx["parameters"],
+            "cls_only_last_layer": ctx["cls_only_last_layer"],
             "history": history.to_dict("records"), "versions": package_versions()}
 
 def train_classifier(p: TrainingParams) -> tuple[dict, pd.DataFrame]:
