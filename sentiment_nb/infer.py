@@ -19,7 +19,7 @@ __all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'MODEL_INPUT_NAMES', 'FUSABLE_MODE
            'ONNX_FILES', 'parse_s3_source', 'newest_model_dir', 'resolve_model_dir', 'cpu_has', 'resolve_variant',
            'load_text_encoder', 'pad_batch', 'length_sorted_batches', 'softmax', 'load_torch_classifier',
            'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session', 'probe_inputs', 'max_logit_gap',
-           'cls_only_forward', 'cls_only_last_layer', 'fuse_onnx', 'torch_export', 'export_onnx', 'quantize_onnx',
+           'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export', 'export_onnx', 'quantize_onnx',
            'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path', 'SentimentModel', 'config_labels', 'load_model',
            'predict_proba', 'predict', 'predict_proba_chunked']
 
@@ -162,19 +162,22 @@ def max_logit_gap(onnx_path: str | Path, feats: dict, expected: np.ndarray) -> f
 def cls_only_forward(layer, hidden_states, attention_mask=None, *args, **kwargs):
     "A BERT-style encoder layer's forward computing only the first ([CLS]) output row: shape (batch, 1, hidden)."
     import torch
+    if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):   # e.g. a flex-attention BlockMask
+        return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)[:, :1]
+    if attention_mask is not None and attention_mask.dim() == 2: attention_mask = attention_mask[:, None, None, :].bool()
     sa, (b, n) = layer.attention.self, hidden_states.shape[:2]
     heads = lambda x, rows: x.view(b, rows, -1, sa.attention_head_size).transpose(1, 2)
     cls = hidden_states[:, :1]
     q, k, v = heads(sa.query(cls), 1), heads(sa.key(hidden_states), n), heads(sa.value(hidden_states), n)
     scores = torch.matmul(q, k.transpose(2, 3)) * sa.scaling
-    if attention_mask is not None:                    # (b, 1, 1|n, n): additive (eager) or boolean (sdpa) masks
+    if attention_mask is not None:          # (b, 1, 1|n, n): additive (eager) or boolean (sdpa, flash's 2-d) masks
         m = attention_mask[:, :, :1, :]
         scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min) if m.dtype == torch.bool else scores + m
     ctx = torch.matmul(sa.dropout(torch.softmax(scores, -1)), v).transpose(1, 2).reshape(b, 1, -1)
     att = layer.attention.output(ctx, cls)
     return layer.output(layer.intermediate(att), att)
 
-def cls_only_last_layer(model) -> bool:
+def use_cls_only_last_layer(model) -> bool:
     "Make the last encoder layer of a BERT-style classifier compute only its `[CLS]` row, in place; False if it has no such layer."
     import types
     layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
@@ -214,7 +217,7 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, opset: int = 17, to
     trace, probe = probe_inputs(model_dir, names, PROBE_TEXTS[:2]), probe_inputs(model_dir, names)
     with torch.inference_mode(): expected = model(**{k: torch.from_numpy(v) for k, v in probe.items()}).logits.numpy()
     raw = out_path.with_name(out_path.stem + ".raw.onnx")
-    info = {"opset": opset, "fused": {}, "cls_only_last_layer": cls_only_last_layer(model)}
+    info = {"opset": opset, "fused": {}, "cls_only_last_layer": use_cls_only_last_layer(model)}
     info["max_logit_gap"] = max_logit_gap(torch_export(model, trace, raw, opset), probe, expected)
     if info["max_logit_gap"] > tolerance and info["cls_only_last_layer"]:
         log.warning("[CLS]-only last layer differs from PyTorch by %.2g: exporting every row", info["max_logit_gap"])

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .core import (package_versions, read_json, resolve_model_name, resolve_path, use_offline_hub,
                                write_json)
 from .data import load_splits
-from .infer import cls_only_last_layer
+from .infer import use_cls_only_last_layer
 
 # %% auto #0
 __all__ = ['LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAIN_DIR_MARKER', 'TrainingParams',
@@ -463,7 +463,7 @@ def build_trainer(p: TrainingParams):
     set_seed(p.seed)
     model, tokenizer = load_model_and_tokenizer(p.model_name, p.tokenizer_name, id2label, p.dropout_rate)
     counts = freeze_for_training(model, p.freeze_backbone, p.trainable_last_layers, p.freeze_embeddings)
-    cls_only = p.cls_only_last_layer and cls_only_last_layer(model)
+    cls_only = p.cls_only_last_layer and use_cls_only_last_layer(model)
     run, train_dir, best_dir = stage_paths(p)
     resume = checkpoint_to_resume(train_dir, p.resume_from_checkpoint)
     check_train_dir(train_dir, p.clean_train_dir_before_training, resume is not None)
