@@ -15,7 +15,7 @@ Needs the splits of 01 in --processed-dir. The load average at start and end is 
 the figures move with it.
 """
 from __future__ import annotations
-import argparse, io, json, os, platform, resource, statistics, subprocess, sys, tempfile, time
+import argparse, io, json, os, resource, statistics, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,12 +25,10 @@ VARIANT_ORDER = ("pipeline", "fp32", "bf16", "int8", "onnx", "onnx-int8")
 
 
 def machine() -> dict:
-    "CPU model, usable cores and the vector extensions inference kernels use."
-    from sentiment_nb.infer import cpu_has
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "extensions": [f for f, ok in cpu_has("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8").items() if ok]}
+    "The machine a row was measured on (CPU model, cores, vector extensions)."
+    sys.path.insert(0, str(ROOT))
+    from sentiment_nb.infer import machine_description
+    return machine_description()
 
 
 def timed_passes(fn, repeats: int) -> list[tuple[float, float]]:

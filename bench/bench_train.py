@@ -10,7 +10,7 @@ measured GEMM peak the useful (non-padding) FLOPs reach, peak RSS and the ratio 
 JSON row to bench/results/train.jsonl. Needs the splits of 01 in --processed-dir (`sentiment-nb run --stages 01`).
 """
 from __future__ import annotations
-import argparse, json, os, platform, resource, subprocess, sys, tempfile, time
+import argparse, json, os, resource, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -112,12 +112,10 @@ def train_flops_per_token(model_name: str, mean_tokens: float) -> float:
 
 
 def machine() -> dict:
-    "CPU model, cores and the bf16 flags, as the README table states them."
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.processor())
-    flags = set(info.split())
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "avx512_bf16": "avx512_bf16" in flags,
-            "amx_bf16": "amx_bf16" in flags, "python": platform.python_version()}
+    "The machine a row was measured on (CPU model, cores, vector extensions)."
+    sys.path.insert(0, str(ROOT))
+    from sentiment_nb.infer import machine_description
+    return machine_description()
 
 
 def main() -> int:

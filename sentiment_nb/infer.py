@@ -16,12 +16,12 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'MODEL_INPUT_NAMES', 'FUSABLE_MODEL_TYPES', 'PROBE_TEXTS', 'EXPORT_RECIPE',
-           'ONNX_FILES', 'parse_s3_source', 'newest_model_dir', 'resolve_model_dir', 'cpu_has', 'resolve_variant',
-           'load_text_encoder', 'pad_batch', 'length_sorted_batches', 'softmax', 'load_torch_classifier',
-           'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session', 'probe_inputs', 'max_logit_gap',
-           'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export', 'export_onnx', 'quantize_onnx',
-           'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path', 'SentimentModel', 'config_labels', 'load_model',
-           'predict_proba', 'predict', 'predict_proba_chunked']
+           'ONNX_FILES', 'parse_s3_source', 'newest_model_dir', 'resolve_model_dir', 'cpuinfo_field', 'cpu_has',
+           'machine_description', 'resolve_variant', 'load_text_encoder', 'pad_batch', 'length_sorted_batches',
+           'softmax', 'load_torch_classifier', 'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session',
+           'probe_inputs', 'max_logit_gap', 'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export',
+           'export_onnx', 'quantize_onnx', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path', 'SentimentModel',
+           'config_labels', 'load_model', 'predict_proba', 'predict', 'predict_proba_chunked']
 
 # %% ../nbs/11_infer.ipynb #eee96783
 def parse_s3_source(source: str) -> tuple[str, str, str]:
@@ -54,11 +54,21 @@ def resolve_model_dir(source: str | Path | None = None, reports_dir: str | Path 
 VARIANTS = ("fp32", "bf16", "int8", "onnx", "onnx-int8")
 AUTO_VARIANT = "onnx-int8"
 
+def cpuinfo_field(name: str) -> str:
+    "The value of the first `name` line of /proc/cpuinfo ('' where there is none)."
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.split(":", 1)[0].strip() == name), "")
+
 def cpu_has(*flags: str) -> dict[str, bool]:
     "Which of these CPU flags (`avx512_vnni`, `avx512_bf16`, `amx_bf16`, ...) /proc/cpuinfo lists."
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    have = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    have = set(cpuinfo_field("flags").split())
     return {f: f in have for f in flags}
+
+def machine_description(flags: Sequence[str] = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")) -> dict:
+    "CPU model, usable cores, Python and which of `flags` the CPU has: what a benchmark row states of its machine."
+    import platform
+    return {"cpu": cpuinfo_field("model name") or platform.processor(), "cores": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "extensions": [f for f, ok in cpu_has(*flags).items() if ok]}
 
 def resolve_variant(variant: str = "auto") -> str:
     "The concrete variant for a name; `auto` is the fastest one that keeps accuracy and whose runtime is installed."
@@ -239,12 +249,11 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, opset: int = 17, to
 def quantize_onnx(src: str | Path, dst: str | Path, per_channel: bool = True) -> Path:
     "Write a dynamic int8 copy of an ONNX model (int8 weights, uint8 activations)."
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    import logging as _logging
-    quiet = _logging.getLogger().level
-    _logging.getLogger().setLevel(_logging.ERROR)             # the quantizer logs every node, and advice
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)               # the quantizer logs every node, and advice
     try: quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
                           extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})
-    finally: _logging.getLogger().setLevel(quiet)
+    finally: logging.getLogger().setLevel(quiet)
     return Path(dst)
 
 # %% ../nbs/11_infer.ipynb #bb5a87b3
