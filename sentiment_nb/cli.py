@@ -6,15 +6,22 @@ import argparse, logging, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PREDICT_WRITERS', 'COMMANDS', 'add_params_options', 'add_run_command', 'run_command', 'add_serve_command',
-           'serve_command', 'add_s3_local_command', 's3_local_command', 'add_train_command', 'train_command',
-           'add_predict_command', 'predict_inputs', 'predict_command', 'build_parser', 'is_user_error', 'main']
+__all__ = ['PREDICT_WRITERS', 'COMMANDS', 'add_params_options', 'add_variant_option', 'add_run_command', 'run_command',
+           'add_serve_command', 'serve_command', 'add_s3_local_command', 's3_local_command', 'add_train_command',
+           'train_command', 'add_predict_command', 'predict_inputs', 'predict_command', 'build_parser', 'is_user_error',
+           'main']
 
 # %% ../nbs/13_cli.ipynb #0a3f53af
 def add_params_options(p, param_help: str) -> None:
     "The `-f FILE` and repeatable `-p NAME VALUE` options that `run` and `train` share."
     p.add_argument("-f", "--params-file", default=None, help="YAML file of parameters (e.g. params/default.yaml)")
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help=param_help)
+
+def add_variant_option(p) -> None:
+    "The `--variant` option that `serve` and `predict` share: which runtime of the model's weights scores."
+    from sentiment_nb.infer import VARIANTS
+    p.add_argument("--variant", default="auto", choices=["auto", *VARIANTS],
+                   help="runtime: auto (the fastest that keeps accuracy), PyTorch fp32/bf16/int8, ONNX fp32/int8")
 
 def add_run_command(sub) -> None:
     "The `run` sub-command: the papermill pipeline."
@@ -45,8 +52,7 @@ def add_serve_command(sub) -> None:
     p.add_argument("--metrics", default="", help="metrics.json for the Model tab (default: the model's run folder)")
     p.add_argument("--log", default="reports/predictions.sqlite", help="SQLite prediction log")
     p.add_argument("--no-log-texts", action="store_true", help="log only each text's SHA-256, not the text")
-    p.add_argument("--variant", default="auto", help="runtime: auto (the fastest that keeps accuracy), fp32, bf16, "
-                                                     "int8, onnx or onnx-int8")
+    add_variant_option(p)
     p.add_argument("--lazy", action="store_true", help="load the model on the first request, not at start")
     p.add_argument("--idle-unload-minutes", type=float, default=30.0, help="release the model when idle, 0: never")
     p.add_argument("--max-upload-mb", type=float, default=5.0, help="largest CSV the Batch tab accepts")
@@ -116,7 +122,6 @@ PREDICT_WRITERS = {".csv": lambda df, p: df.to_csv(p, index=False), ".tsv": lamb
 
 def add_predict_command(sub) -> None:
     "The `predict` sub-command: score texts, stdin lines or a table column."
-    from sentiment_nb.infer import VARIANTS
     p = sub.add_parser("predict", help="score texts, stdin lines ('-') or a table column with a trained model")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to score; '-' reads one text per line from stdin")
     p.add_argument("--file", default=None, help="table of texts to score (CSV, TSV, JSONL, JSON, parquet, xlsx)")
@@ -125,8 +130,7 @@ def add_predict_command(sub) -> None:
     p.add_argument("--model", default=None, help="model folder, run id or s3://bucket/prefix[#run-id] "
                                                   "(default: the newest run's model under --reports-dir)")
     p.add_argument("--reports-dir", default="reports", help="folder of the run folders, for run ids and the default")
-    p.add_argument("--variant", default="auto", choices=["auto", *VARIANTS],
-                   help="runtime: auto (the fastest that keeps accuracy), PyTorch fp32/bf16/int8, ONNX fp32/int8")
+    add_variant_option(p)
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the runtime's)")
     p.add_argument("--json", action="store_true", help="print one JSON object per text (label, confidence, scores)")
