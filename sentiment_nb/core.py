@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 # %% auto #0
-__all__ = ['EMBEDDED_PACKAGES', 'EMBEDDED_MODEL_NAMES', 'TRACKED_PACKAGES', 'project_root', 'resolve_path', 'package_file',
-           'embedded_model_path', 'resolve_model_name', 'use_offline_hub', 'write_json', 'read_json', 'sha256_file',
-           'new_run_id', 'ensure_run_dir', 'save_figure', 'record_stage_summary', 'package_versions', 'git_commit',
-           'progress']
+__all__ = ['EMBEDDED_PACKAGES', 'EMBEDDED_MODEL_NAMES', 'TRACKED_PACKAGES', 'FORMULA_STARTS', 'project_root', 'resolve_path',
+           'package_file', 'embedded_model_path', 'resolve_model_name', 'use_offline_hub', 'write_json', 'read_json',
+           'sha256_file', 'new_run_id', 'ensure_run_dir', 'save_figure', 'record_stage_summary', 'package_versions',
+           'git_commit', 'progress', 'neutralise_formula', 'csv_safe']
 
 # %% ../nbs/10_core.ipynb #99a5911a
 def project_root(start: str | Path | None = None) -> Path:
@@ -144,3 +144,20 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
     kw.setdefault("mininterval", 0.5 if interactive else 10.0)
     kw.setdefault("disable", os.environ.get("SENTIMENT_NB_NO_PROGRESS") == "1")
     return tqdm(iterable, total=total, desc=desc, **kw)
+
+# %% ../nbs/10_core.ipynb #4bdcdd7f
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")  # full-width forms too
+
+def neutralise_formula(value: Any) -> Any:
+    "`value` with a leading `'` when it is a string a spreadsheet would run as a formula; anything else unchanged."
+    if isinstance(value, str) and value.lstrip(" ").startswith(FORMULA_STARTS): return "'" + value
+    return value
+
+def csv_safe(df):
+    "A copy of the DataFrame `df` whose text cells (and column names) cannot run as spreadsheet formulas."
+    from pandas.api.types import is_object_dtype, is_string_dtype
+    out = df.copy()
+    for col in out.columns:
+        if is_object_dtype(out[col]) or is_string_dtype(out[col]): out[col] = out[col].map(neutralise_formula)
+    out.columns = [neutralise_formula(c) for c in out.columns]
+    return out

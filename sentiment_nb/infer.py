@@ -20,8 +20,9 @@ __all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'MODEL_INPUT_NAMES', 'FUSABLE_MODE
            'machine_description', 'resolve_variant', 'load_text_encoder', 'pad_batch', 'length_sorted_batches',
            'softmax', 'load_torch_classifier', 'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session',
            'probe_inputs', 'max_logit_gap', 'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export',
-           'export_onnx', 'quantize_onnx', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path', 'SentimentModel',
-           'config_labels', 'load_model', 'predict_proba', 'predict', 'predict_proba_chunked']
+           'export_onnx', 'quantize_onnx', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path',
+           'unscorable_reason', 'SentimentModel', 'config_labels', 'load_model', 'predict_proba', 'predict',
+           'predict_proba_chunked']
 
 # %% ../nbs/11_infer.ipynb #eee96783
 def parse_s3_source(source: str) -> tuple[str, str, str]:
@@ -297,6 +298,15 @@ def onnx_model_path(model_dir: str | Path, variant: str = "onnx", cache_dir: str
         meta[q.name] = {"fingerprint": fp, "from": fp32.name}
         write_json(d / "export.json", meta)
     return q
+
+# %% ../nbs/11_infer.ipynb #e2096359
+def unscorable_reason(text: Any) -> str | None:
+    "Why `text` cannot be scored (not a string, empty or only whitespace, not valid Unicode), or None when it can."
+    if not isinstance(text, str): return f"not a string ({type(text).__name__})"
+    if not text.strip(): return "empty or only whitespace"
+    try: text.encode("utf-8")
+    except UnicodeEncodeError as e: return f"not valid Unicode: a lone surrogate {text[e.start]!r} at character {e.start}"
+    return None
 
 # %% ../nbs/11_infer.ipynb #67c3e8ad
 @dataclass
