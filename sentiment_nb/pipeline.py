@@ -2,7 +2,8 @@
 
 # %% ../nbs/12_pipeline.ipynb #927ee69e
 from __future__ import annotations
-import ast, difflib, html, logging, os, re, shutil, time
+import ast, difflib, fcntl, html, logging, os, re, shutil, time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,16 @@ from .core import (ensure_run_dir, git_commit, new_run_id, package_versions, pro
                                resolve_path, use_offline_hub, write_json)
 
 # %% auto #0
-__all__ = ['STAGE_PATTERN', 'RUNNER_PARAMETERS', 'log', 'INDEX_CSS', 'stage_notebooks', 'select_stages', 'load_params',
-           'parse_value', 'apply_overrides', 'declared_parameters', 'assign_parameters', 'StageFailed', 'kernel_name',
-           'export_html', 'failure_message', 'execute_stage', 'data_hash', 'new_manifest', 'upsert_stage', 'html_table',
-           'stage_section', 'write_index', 'run_pipeline', 'execute_stages', 'resume_pipeline']
+__all__ = ['STAGE_PATTERN', 'RUN_ID_PATTERN', 'ANY', 'TYPE_NAMES', 'SCALAR_CONVERTERS', 'RUNNER_PARAMETERS', 'log',
+           'SPLITS_WRITER', 'INDEX_CSS', 'stage_notebooks', 'select_stages', 'check_run_id', 'load_params',
+           'parse_value', 'apply_overrides', 'ParamType', 'union_type', 'type_from_node', 'type_from_name',
+           'type_of_default', 'declared_type', 'ParameterTypeError', 'type_problem', 'convert_value',
+           'convert_parameters', 'notebook_parameters', 'declared_parameters', 'parameter_types', 'assign_parameters',
+           'stage_defaults', 'checked_parameters', 'StageFailed', 'kernel_name', 'export_html', 'failure_message',
+           'execute_stage', 'new_manifest', 'upsert_stage', 'data_hash', 'run_data_hash', 'check_loaded_splits',
+           'load_run_splits', 'SplitsLock', 'splits_dirs', 'reported_data_hash', 'hold_splits', 'check_stage_data',
+           'html_table', 'stage_section', 'write_index', 'prepare_parameters', 'run_pipeline', 'execute_stages',
+           'resume_pipeline']
 
 # %% ../nbs/12_pipeline.ipynb #e74ecb51
 STAGE_PATTERN = re.compile(r"^0\d_[\w-]+\.ipynb$")
@@ -28,15 +35,26 @@ def stage_notebooks(nbs_dir: str | Path | None = None) -> dict[str, Path]:
     return {p.stem: p for p in sorted(d.iterdir()) if STAGE_PATTERN.match(p.name)}
 
 def select_stages(available: dict[str, Path], wanted: str | list[str] | None) -> dict[str, Path]:
-    "The stages named by prefix (`'00,01'` or `['00_eda']`), in run order; all when `wanted` is empty."
-    if not wanted: return dict(available)
+    "The stages named by prefix (`'00,01'` or `['00_eda']`), in run order; all when `wanted` is None."
+    if wanted is None: return dict(available)
     names = [w.strip() for w in (wanted.split(",") if isinstance(wanted, str) else wanted) if w.strip()]
+    if not names: raise ValueError(f"--stages {wanted!r} names no stage: give prefixes such as 00,01 "
+                                   f"(the stages are {list(available)}), or leave --stages out to run them all")
     out = {}
     for w in names:
         hits = [s for s in available if s == w or s.startswith(w + "_") or s[:2] == w]
         if not hits: raise ValueError(f"no stage '{w}'; the stages are {list(available)}")
         out.update({h: available[h] for h in hits})
     return {s: p for s, p in available.items() if s in out}
+
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+
+def check_run_id(run_id: str) -> str:
+    "`run_id` when it is a plain folder name (letters, digits, `-`, `_`, `.`; not `.` or `..`), else raise."
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id) or run_id in (".", ".."):
+        raise ValueError(f"run id {run_id!r} is not a plain name: it names one folder in the reports folder, so use "
+                         f"letters, digits, '-', '_' and '.' only (no '/' or '\\', not '.' or '..')")
+    return run_id
 
 # %% ../nbs/12_pipeline.ipynb #0d6629fe
 def load_params(path: str | Path | None) -> dict:
@@ -69,15 +87,171 @@ def apply_overrides(params: dict, overrides: list[tuple[str, Any]], defaults: di
         node[leaf] = value
     return out
 
+# %% ../nbs/12_pipeline.ipynb #b711f5fa
+@dataclass(frozen=True)
+class ParamType:
+    "A declared type: `any`, `none`, `bool`, `int`, `float`, `str`, `list` (of one type), `dict` (typed keys) or `union`."
+    kind: str
+    args: tuple = ()  # list: (element type,); union: the alternatives; dict: ((key, type), ...) from the default
+
+    def __str__(self) -> str:
+        if self.kind == "list": return f"list[{self.args[0]}]" if self.args and self.args[0] != ANY else "list"
+        return " | ".join(map(str, self.args)) if self.kind == "union" else self.kind
+
+ANY = ParamType("any")
+TYPE_NAMES = {"Any": ANY, "None": ParamType("none"), "NoneType": ParamType("none"), "bool": ParamType("bool"),
+              "int": ParamType("int"), "float": ParamType("float"), "str": ParamType("str"),
+              "list": ParamType("list", (ANY,)), "List": ParamType("list", (ANY,)), "dict": ParamType("dict"),
+              "Dict": ParamType("dict")}
+
+def union_type(alternatives) -> ParamType:
+    "One union of the alternatives, nested unions flattened."
+    flat = [a for t in alternatives for a in (t.args if t.kind == "union" else (t,))]
+    return ParamType("union", tuple(dict.fromkeys(flat)))
+
+def type_from_node(node: ast.expr) -> ParamType:
+    "The type an annotation's syntax tree names."
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return union_type([type_from_node(node.left), type_from_node(node.right)])
+    if isinstance(node, ast.Constant) and node.value is None: return TYPE_NAMES["None"]
+    if isinstance(node, ast.Name) and node.id in TYPE_NAMES: return TYPE_NAMES[node.id]
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+        head, args = node.value.id, node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if head == "Union": return union_type([type_from_node(a) for a in args])
+        if head == "Optional": return union_type([type_from_node(args[0]), TYPE_NAMES["None"]])
+        if head in ("list", "List"): return ParamType("list", (type_from_node(args[0]),))
+        if head in ("dict", "Dict"): return TYPE_NAMES["dict"]
+    raise ValueError(f"unsupported type annotation '{ast.unparse(node)}': use bool, int, float, str, list[...], "
+                     f"dict, Union[...] or Any")
+
+def type_from_name(name: str) -> ParamType:
+    "The type an annotation names: `float`, `list[str]`, `Union[str, bool]`, `str | None`, `Any`."
+    try: return type_from_node(ast.parse(str(name).strip().strip("'\""), mode="eval").body)
+    except SyntaxError as e: raise ValueError(f"type annotation '{name}' is not valid Python") from e
+
+def type_of_default(value: Any) -> ParamType:
+    "The type a default implies: its scalar type, a list of its elements' type, a dict with its keys' types."
+    if isinstance(value, (bool, int, float, str)): return TYPE_NAMES[type(value).__name__]
+    if isinstance(value, (list, tuple)):
+        items = {type_of_default(v) for v in value}
+        return ParamType("list", (items.pop() if len(items) == 1 else ANY,))
+    if isinstance(value, dict): return ParamType("dict", tuple((str(k), type_of_default(v)) for k, v in value.items()))
+    return ANY
+
+def declared_type(default: Any, annotation: str | None = None) -> ParamType:
+    "The annotation's type where there is one (a bare `list`/`dict` keeps the default's detail), else the default's."
+    implied = type_of_default(default)
+    if not annotation or annotation == "None": return implied   # papermill's "None" means no annotation
+    t = type_from_name(annotation)
+    return implied if t in (TYPE_NAMES["list"], TYPE_NAMES["dict"]) and implied.kind == t.kind else t
+
+# %% ../nbs/12_pipeline.ipynb #54b16711
+class ParameterTypeError(ValueError):
+    "A parameter value that cannot be read as its declared type without loss."
+
+_NO = object()   # "cannot convert" (None is a value)
+
+def _number(v: Any) -> float | None:
+    "The float a string spells, else None."
+    try: return float(v)
+    except (TypeError, ValueError): return None
+
+def _as_bool(v, exact):
+    if isinstance(v, bool): return v
+    ok = not exact and isinstance(v, str) and v.strip().lower() in ("true", "false")
+    return v.strip().lower() == "true" if ok else _NO
+
+def _as_int(v, exact):
+    if isinstance(v, bool) or exact and not isinstance(v, int): return _NO
+    if isinstance(v, int): return v
+    if isinstance(v, str) and re.fullmatch(r"\s*[-+]?\d+\s*", v): return int(v)
+    f = _number(v) if isinstance(v, (str, float)) else None
+    return int(f) if f is not None and f.is_integer() else _NO
+
+def _as_float(v, exact):
+    if isinstance(v, bool) or exact and not isinstance(v, float): return _NO
+    if isinstance(v, (int, float)): return float(v)
+    f = _number(v) if isinstance(v, str) else None
+    return _NO if f is None else f
+
+def _as_str(v, exact):
+    if isinstance(v, str): return v
+    return str(v) if not exact and isinstance(v, int) and not isinstance(v, bool) else _NO
+
+SCALAR_CONVERTERS = {"bool": _as_bool, "int": _as_int, "float": _as_float, "str": _as_str,
+                     "none": lambda v, exact: None if v is None else _NO}
+
+def type_problem(name: str, value: Any, t: ParamType) -> str:
+    "What is wrong: the parameter, the value, its type, the type expected, and a hint for YAML's surprises."
+    hint = ""
+    if isinstance(value, bool) and "str" in str(t):
+        hint = "; YAML reads yes/no/on/off/true/false as booleans: quote it (-p NAME '\"yes\"', or NAME: \"yes\" in the file)"
+    elif isinstance(value, str) and t.kind == "list": hint = "; write a list, e.g. [a, b]"
+    elif isinstance(value, float) and "int" in str(t): hint = "; it is not a whole number"
+    return f"parameter '{name}' is {value!r} ({type(value).__name__}), expected {t}{hint}"
+
+def convert_value(value: Any, t: ParamType, name: str, exact: bool = False) -> Any:
+    "`value` as type `t` where nothing is lost (`exact`: only as it is); raise naming the parameter, value and types."
+    if t.kind == "any": return value
+    if t.kind == "union": return _convert_union(value, t, name)
+    if t.kind == "list" and isinstance(value, (list, tuple)):
+        return [convert_value(v, t.args[0], f"{name}[{i}]", exact) for i, v in enumerate(value)]
+    if t.kind == "dict" and isinstance(value, dict): return _convert_dict(value, t, name, exact)
+    out = SCALAR_CONVERTERS[t.kind](value, exact) if t.kind in SCALAR_CONVERTERS else _NO
+    if out is _NO: raise ParameterTypeError(type_problem(name, value, t))
+    return out
+
+def _convert_union(value: Any, t: ParamType, name: str) -> Any:
+    "The first alternative that takes `value` as it is, else the first that converts it."
+    for exact in (True, False):
+        for alt in t.args:
+            try: return convert_value(value, alt, name, exact)
+            except ParameterTypeError: pass
+    raise ParameterTypeError(type_problem(name, value, t))
+
+def _convert_dict(value: dict, t: ParamType, name: str, exact: bool) -> dict:
+    "Each key's value as the type of that key in the default; a default with keys refuses other keys."
+    keys = dict(t.args)
+    unknown = [k for k in value if keys and k not in keys]
+    if unknown: raise ParameterTypeError(f"parameter '{name}' has unknown key(s) {unknown}; its keys are {list(keys)}")
+    return {k: convert_value(v, keys[k], f"{name}.{k}", exact) if k in keys else v for k, v in value.items()}
+
+def convert_parameters(params: dict, types: dict[str, ParamType]) -> dict:
+    "Every parameter as its declared type (names without one as they are); raise one error naming every wrong value."
+    out, problems = {}, []
+    for name, value in params.items():
+        try: out[name] = convert_value(value, types.get(name, ANY), name)
+        except ParameterTypeError as e: problems.append(str(e))
+    if problems: raise ParameterTypeError("; ".join(problems))
+    return out
+
 # %% ../nbs/12_pipeline.ipynb #e37d5c31
-def declared_parameters(notebook: str | Path) -> dict[str, Any]:
-    "Name -> default value of each parameter in a notebook's `parameters` cell."
+def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
+    "Name -> `default` and declared `type` of each parameter in a notebook's `parameters` cell, as papermill reads it."
     import papermill as pm
     out = {}
     for name, info in pm.inspect_notebook(str(notebook)).items():
-        try: out[name] = ast.literal_eval(info["default"])
-        except (ValueError, SyntaxError): out[name] = info["default"]
+        try: default, literal = ast.literal_eval(info["default"]), True
+        except (ValueError, SyntaxError): default, literal = info["default"], False
+        try: t = declared_type(default, info["inferred_type_name"]) if literal else ANY
+        except ValueError as e: raise ValueError(f"{Path(notebook).name}: parameter '{name}': {e}") from e
+        out[name] = {"default": default, "type": t}
     return out
+
+def declared_parameters(notebook: str | Path) -> dict[str, Any]:
+    "Name -> default value of each parameter in a notebook's `parameters` cell."
+    return {n: p["default"] for n, p in notebook_parameters(notebook).items()}
+
+def parameter_types(info: dict[str, dict[str, dict]]) -> dict[str, ParamType]:
+    "Name -> declared type over all stages (`info`: stage -> `notebook_parameters`); raise on two types for one name."
+    types, where = {}, {}
+    for stage, params in info.items():
+        for name, p in params.items():
+            if name in types and types[name] != p["type"]:
+                raise ValueError(f"parameter '{name}' is declared as {types[name]} in {where[name]} but as {p['type']} "
+                                 f"in {stage}: declare it with one type")
+            types.setdefault(name, p["type"]); where.setdefault(name, stage)
+    return types
 
 RUNNER_PARAMETERS = ("run_dir",)  # set by the runner for every stage, not by the user
 
@@ -92,6 +266,17 @@ def assign_parameters(declared: dict[str, dict], params: dict) -> dict[str, dict
     reserved = [n for n in params if n in RUNNER_PARAMETERS]
     if reserved: raise ValueError(f"parameter(s) {reserved} are set by the runner; choose the run folder with --run-id")
     return {stage: {n: v for n, v in params.items() if n in names} for stage, names in declared.items()}
+
+def stage_defaults(info: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    "Stage -> name -> default, from the stages' `notebook_parameters`."
+    return {s: {n: p["default"] for n, p in d.items()} for s, d in info.items()}
+
+def checked_parameters(info: dict[str, dict[str, dict]], params: dict) -> tuple[dict, dict[str, dict]]:
+    "The parameters converted to their declared types, and per stage the ones it declares; raise before anything runs."
+    declared = stage_defaults(info)
+    assign_parameters(declared, params)                       # unknown names first: their message is the clearer one
+    typed = convert_parameters(params, parameter_types(info))
+    return typed, assign_parameters(declared, typed)
 
 # %% ../nbs/12_pipeline.ipynb #d7e39ff1
 log = logging.getLogger("sentiment_nb.pipeline")
@@ -137,11 +322,6 @@ def execute_stage(stage: str, notebook: Path, run_dir: Path, parameters: dict, k
     return record
 
 # %% ../nbs/12_pipeline.ipynb #07a88022
-def data_hash(params: dict) -> str | None:
-    "The hash of the splits in `processed_dir`, when they exist."
-    p = resolve_path(params.get("processed_dir", "data/processed")) / "splits.json"
-    return read_json(p).get("hash") if p.exists() else None
-
 def new_manifest(run_id: str, run_dir: Path, params: dict, params_file: str | None, stages: list[str]) -> dict:
     "The manifest of a run that is about to start."
     return {"run_id": run_id, "run_dir": str(run_dir), "params_file": params_file, "params": params,
@@ -153,6 +333,99 @@ def upsert_stage(manifest: dict, record: dict) -> dict:
     "Put a stage's record in the manifest, replacing an earlier try of the same stage."
     manifest["stages"] = [r for r in manifest["stages"] if r["stage"] != record["stage"]] + [record]
     return manifest
+
+# %% ../nbs/12_pipeline.ipynb #6a8ab70d
+SPLITS_WRITER = "01_preprocessing"  # the stage that writes processed_dir; later stages that declare it read it
+
+def data_hash(processed_dir: str | Path) -> str | None:
+    "The hash that `splits.json` in `processed_dir` records, None when there are no splits."
+    p = resolve_path(processed_dir) / "splits.json"
+    return read_json(p).get("hash") if p.exists() else None
+
+def run_data_hash(run_dir: str | Path) -> str | None:
+    "The data hash the run's manifest records (the splits its 01 wrote); None for a stage run on its own."
+    p = resolve_path(run_dir) / "manifest.json"
+    return read_json(p).get("data_hash") if p.exists() else None
+
+def check_loaded_splits(splits: dict, meta: dict, where: Path, expected: str | None = None) -> str:
+    "The hash of the splits as loaded; raise when it is not the one in `splits.json`, or not the run's `expected`."
+    from sentiment_nb.data import splits_hash
+    loaded, listed = splits_hash(splits), str(meta.get("hash"))
+    if loaded != listed:
+        raise ValueError(f"the split files in '{where}' have data hash {loaded[:12]} but its splits.json says "
+                         f"{listed[:12]}: they changed after 01 wrote them, or another run is writing them now; run 01 again")
+    if expected and loaded != expected:
+        raise ValueError(f"the splits in '{where}' have data hash {loaded[:12]}, not {expected[:12]} (the splits this "
+                         f"run's 01 wrote, in its manifest.json): another run wrote processed_dir since; start a new run "
+                         f"from 01, and give runs that overlap their own processed_dir (-p processed_dir data/processed-NAME)")
+    return loaded
+
+def load_run_splits(processed_dir: str | Path, run_dir: str | Path | None = None,
+                    names=("train", "validation", "test")) -> tuple[dict, dict]:
+    "The named splits and `splits.json`, refused unless the split files are what this run's 01 wrote."
+    from sentiment_nb.data import load_splits
+    d = resolve_path(processed_dir)
+    splits, meta = load_splits(d)                       # every split: the hash covers all three
+    check_loaded_splits(splits, meta, d, run_data_hash(run_dir) if run_dir else None)
+    return {n: splits[n] for n in names}, meta
+
+# %% ../nbs/12_pipeline.ipynb #750f546d
+class SplitsLock:
+    "The runner's lock on a `processed_dir` (a `.NAME.lock` file beside it): exclusive while 01 writes, shared while stages read."
+    def __init__(self, processed_dir: str | Path, owner: str):
+        self.dir = resolve_path(processed_dir)
+        self.path, self.owner, self.fd, self.mode = self.dir.parent / f".{self.dir.name}.lock", owner, None, None
+
+    def hold(self, exclusive: bool) -> None:
+        "Take the lock, or switch its mode, waiting with a log line while another run holds it."
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        if self.mode == mode: return
+        if self.fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try: fcntl.flock(self.fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for processed_dir %s: %s holds it (lock file %s)", self.dir, self.holder(), self.path)
+            fcntl.flock(self.fd, mode)
+        self.mode = mode
+        os.ftruncate(self.fd, 0); os.pwrite(self.fd, self.owner.encode(), 0)
+
+    def holder(self) -> str:
+        "Who took the lock last, as its file says."
+        try: return self.path.read_text(encoding="utf-8").strip() or "another run"
+        except OSError: return "another run"
+
+    def release(self) -> None:
+        "Let go of the lock (the empty file stays)."
+        if self.fd is not None: fcntl.flock(self.fd, fcntl.LOCK_UN); os.close(self.fd)
+        self.fd = self.mode = None
+
+# %% ../nbs/12_pipeline.ipynb #3ed8308b
+def splits_dirs(stages: dict[str, Path], per_stage: dict[str, dict], declared: dict[str, dict]) -> dict[str, Path]:
+    "Stage -> the `processed_dir` it writes (01) or reads, for the stages that declare one."
+    return {s: resolve_path(per_stage[s].get("processed_dir", declared[s]["processed_dir"]))
+            for s in stages if "processed_dir" in declared[s]}
+
+def reported_data_hash(run_dir: Path, stage: str) -> str | None:
+    "The data hash a stage's summary states (01, 02 and 03 state its first 12 characters)."
+    p = Path(run_dir) / "summaries" / f"{stage}.json"
+    return read_json(p).get("headline", {}).get("data hash") if p.exists() else None
+
+def hold_splits(stage: str, processed_dir: Path, lock: SplitsLock, manifest: dict, run_dir: Path) -> None:
+    "Before a stage that uses `processed_dir`: hold its lock (exclusive for 01); a run without 01 takes the splits there now."
+    lock.hold(exclusive=stage == SPLITS_WRITER)
+    if stage != SPLITS_WRITER and not manifest["data_hash"]:
+        manifest["data_hash"] = data_hash(processed_dir); write_json(run_dir / "manifest.json", manifest)
+
+def check_stage_data(record: dict, run_dir: Path, manifest: dict, processed_dir: Path) -> dict:
+    "After a stage that passed: record the hash 01 wrote and the hash the stage states; fail it when they differ."
+    if record["stage"] == SPLITS_WRITER: manifest["data_hash"] = data_hash(processed_dir)
+    said, run_hash = reported_data_hash(run_dir, record["stage"]), manifest["data_hash"]
+    if said: record["data_hash"] = said
+    if said and run_hash and not run_hash.startswith(said):
+        record.update(status="failed", error=f"stage {record['stage']} states data hash {said}, but the run's splits "
+                      f"({processed_dir}/splits.json) have data hash {run_hash[:12]}: they changed while it ran")
+    return record
 
 # %% ../nbs/12_pipeline.ipynb #d48a6868
 INDEX_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -189,8 +462,8 @@ def stage_section(run_dir: Path, record: dict) -> str:
 def write_index(run_dir: str | Path, manifest: dict) -> Path:
     "Write the run's `index.html`: the status of every stage with its headline numbers and figures."
     run_dir = Path(run_dir)
-    overview = html_table([{"stage": r["stage"], "status": r["status"], "seconds": r.get("seconds", "")}
-                           for r in manifest["stages"]])
+    overview = html_table([{"stage": r["stage"], "status": r["status"], "seconds": r.get("seconds", ""),
+                            "data hash": r.get("data_hash", "")} for r in manifest["stages"]])
     meta = html_table({"run id": manifest["run_id"], "status": manifest["status"], "started": manifest["started"],
                        "finished": manifest["finished"], "git commit": manifest["git_commit"],
                        "data hash": manifest["data_hash"], "parameters file": manifest["params_file"]})
@@ -202,56 +475,65 @@ def write_index(run_dir: str | Path, manifest: dict) -> Path:
     return out
 
 # %% ../nbs/12_pipeline.ipynb #88c1b719
+def prepare_parameters(every: dict[str, Path], params: dict, overrides: list[tuple[str, Any]] = ()) -> tuple[dict, dict, dict]:
+    "The parameters with the overrides, typed and checked; per stage the ones it declares; per stage its defaults."
+    info = {s: notebook_parameters(p) for s, p in every.items()}   # a file may name stages not run now
+    declared = stage_defaults(info)
+    params = apply_overrides(params, list(overrides), {n: v for d in declared.values() for n, v in d.items()})
+    return *checked_parameters(info, params), declared
+
 def run_pipeline(params_file: str | None = None, overrides: list[tuple[str, Any]] = (), stages: str | list | None = None,
                  run_id: str | None = None, resume: str | None = None, reports_dir: str | Path = "reports",
                  kernel: str | None = None) -> Path:
     "Run the stage notebooks in order into `reports/<run-id>/`; return the run folder."
     use_offline_hub()
     if resume: return resume_pipeline(resume, reports_dir, kernel, overrides)
+    if run_id is not None: check_run_id(run_id)
     every = stage_notebooks()
     available = select_stages(every, stages)
-    declared = {s: declared_parameters(p) for s, p in every.items()}   # a file may name stages not run now
-    defaults = {k: v for d in declared.values() for k, v in d.items()}
-    params = apply_overrides(load_params(params_file), list(overrides), defaults)
-    per_stage = assign_parameters(declared, params)
+    params, per_stage, declared = prepare_parameters(every, load_params(params_file), overrides)
     run_id = run_id or new_run_id()
     run_dir = ensure_run_dir(resolve_path(reports_dir) / run_id)
     manifest = new_manifest(run_id, run_dir, params, str(params_file) if params_file else None, list(available))
-    return execute_stages(run_dir, manifest, available, per_stage, kernel)
+    return execute_stages(run_dir, manifest, available, per_stage, declared, kernel)
 
 def execute_stages(run_dir: Path, manifest: dict, stages: dict[str, Path], per_stage: dict[str, dict],
-                   kernel: str | None = None) -> Path:
-    "Run the given stages in order, keeping the manifest and index current after each."
+                   declared: dict[str, dict], kernel: str | None = None) -> Path:
+    "Run the given stages in order, keeping the manifest and index current after each and `processed_dir` locked while used."
     kernel = kernel or kernel_name()
+    data = splits_dirs(stages, per_stage, declared)
+    locks = {d: SplitsLock(d, f"run {manifest['run_id']} (pid {os.getpid()})") for d in set(data.values())}
+    last_use = {d: max(s for s in data if data[s] == d) for d in locks}   # stage names sort in run order
     write_json(run_dir / "manifest.json", manifest)
     try:
         for stage, nb in stages.items():
+            if stage in data: hold_splits(stage, data[stage], locks[data[stage]], manifest, run_dir)
             log.info("stage %s: %s -> %s", stage, nb.name, run_dir)
             record = execute_stage(stage, nb, run_dir, per_stage[stage], kernel)
+            if stage in data and record["status"] == "ok": check_stage_data(record, run_dir, manifest, data[stage])
             upsert_stage(manifest, record)
             if record["status"] == "failed":
                 manifest["status"] = "failed"
                 raise StageFailed(record["error"] + f"\n  resume with: sentiment-nb run --resume {manifest['run_id']}")
-            manifest["data_hash"] = data_hash(manifest["params"]) or manifest["data_hash"]
+            if stage in data and last_use[data[stage]] == stage: locks[data[stage]].release()
             write_json(run_dir / "manifest.json", manifest); write_index(run_dir, manifest)
         manifest["status"] = "ok"
         return run_dir
     finally:
+        for lock in locks.values(): lock.release()
         manifest["finished"] = datetime.now().isoformat(timespec="seconds")
         write_json(run_dir / "manifest.json", manifest); write_index(run_dir, manifest)
 
 def resume_pipeline(run_id: str, reports_dir: str | Path = "reports", kernel: str | None = None,
                     overrides: list[tuple[str, Any]] = ()) -> Path:
     "Continue a run from its first stage that did not pass, with the run's parameters (and any overrides)."
-    run_dir = resolve_path(reports_dir) / run_id
+    run_dir = resolve_path(reports_dir) / check_run_id(run_id)
     manifest = read_json(run_dir / "manifest.json")
-    manifest["params"] = apply_overrides(manifest["params"], list(overrides))
-    done = {r["stage"] for r in manifest["stages"] if r["status"] == "ok"}
     every = stage_notebooks()
+    manifest["params"], per_stage, declared = prepare_parameters(every, manifest["params"], overrides)
+    done = {r["stage"] for r in manifest["stages"] if r["status"] == "ok"}
     available = select_stages(every, manifest["stages_requested"])
     todo = {s: p for s, p in available.items() if s not in done}
     if not todo: log.info("run %s has nothing left to run", run_id); return run_dir
-    declared = {s: declared_parameters(p) for s, p in every.items()}
-    per_stage = assign_parameters(declared, manifest["params"])
     manifest.update(status="running", finished=None, resumed=datetime.now().isoformat(timespec="seconds"))
-    return execute_stages(run_dir, manifest, todo, per_stage, kernel)
+    return execute_stages(run_dir, manifest, todo, per_stage, declared, kernel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses, math, os, shutil, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .core import (package_versions, read_json, resolve_model_name, resolve_path, use_offline_hub,
                                write_json)
-from .data import load_splits
+from .pipeline import convert_parameters, load_run_splits, type_from_name
 from .infer import use_cls_only_last_layer
 
 # %% auto #0
@@ -50,7 +50,7 @@ class TrainingParams:
     max_train_samples: int = 0
     max_eval_samples: int = 0
     seed: int = 42
-    class_weights: Any = "none"
+    class_weights: Union[str, list[float]] = "none"
     loss: str = "cross_entropy"
     focal_gamma: float = 2.0
     early_stopping_patience: int = 0
@@ -60,9 +60,9 @@ class TrainingParams:
     clean_train_dir_before_training: bool = True
     keep_checkpoints: bool = False
     best_model_dir: str = ""
-    resume_from_checkpoint: Any = False
+    resume_from_checkpoint: Union[bool, str] = False
     device: str = "auto"
-    bf16: Any = "auto"
+    bf16: Union[str, bool] = "auto"
     dynamic_padding: bool = True
     group_by_length: bool = True
     fused_optimizer: bool = True
@@ -73,9 +73,9 @@ class TrainingParams:
 
     @classmethod
     def from_mapping(cls, values: dict) -> "TrainingParams":
-        "The parameters named in `values` (e.g. a notebook's globals or a YAML file); other names are ignored."
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        "The parameters named in `values` (a notebook's globals, a YAML file) as their fields' types; other names are ignored."
+        types = {f.name: type_from_name(f.type) for f in dataclasses.fields(cls)}
+        return cls(**convert_parameters({k: v for k, v in values.items() if k in types}, types))
 
 # %% ../nbs/02_training.ipynb #d4edcbb6
 LR_SCHEDULES = ("linear", "cosine", "constant")
@@ -244,10 +244,10 @@ def freeze_for_training(model, freeze_backbone: bool = False, trainable_last_lay
     return counts
 
 # %% ../nbs/02_training.ipynb #4a40c984
-def load_training_splits(processed_dir: str | Path, max_train_samples: int = 0,
-                         max_eval_samples: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, str]]:
-    "Train and validation frames and `id2label` from 01's output, checked."
-    splits, meta = load_splits(processed_dir, names=("train", "validation"))
+def load_training_splits(processed_dir: str | Path, max_train_samples: int = 0, max_eval_samples: int = 0,
+                         run_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, str], str]:
+    "Train and validation frames, `id2label` and the data hash from 01's output, checked (against the run's hash)."
+    splits, meta = load_run_splits(processed_dir, run_dir, names=("train", "validation"))
     id2label = {int(i): n for i, n in meta["id2label"].items()}
     train, val = (df.head(n) if n else df for df, n in ((splits["train"], max_train_samples),
                                                         (splits["validation"], max_eval_samples)))
@@ -259,7 +259,7 @@ def load_training_splits(processed_dir: str | Path, max_train_samples: int = 0,
     if missing:
         raise ValueError(f"the training rows hold no example of class(es) {[id2label[i] for i in missing]}; "
                          f"raise max_train_samples ({max_train_samples}) or check the splits")
-    return train, val, id2label
+    return train, val, id2label, meta["hash"]
 
 # %% ../nbs/02_training.ipynb #bc670cfd
 def encode_split(tokenizer, df: pd.DataFrame, max_input_length: int, pad_to_max: bool = False,
@@ -458,7 +458,8 @@ def build_trainer(p: TrainingParams):
     if not interactive_session(): hf_logging.disable_progress_bar()
     device = resolve_device(p.device)
     threads = set_threads(p.num_threads) if device == "cpu" else torch.get_num_threads()
-    train_df, val_df, id2label = load_training_splits(p.processed_dir, p.max_train_samples, p.max_eval_samples)
+    train_df, val_df, id2label, data_hash = load_training_splits(p.processed_dir, p.max_train_samples,
+                                                                 p.max_eval_samples, p.run_dir)
     weights = class_weight_vector(train_df["label"].tolist(), len(id2label), p.class_weights)
     set_seed(p.seed)
     model, tokenizer = load_model_and_tokenizer(p.model_name, p.tokenizer_name, id2label, p.dropout_rate)
@@ -479,7 +480,7 @@ def build_trainer(p: TrainingParams):
                       callbacks=[KeepBestCallback(train_dir / "best", p.metric_for_best_model, p.early_stopping_patience),
                                  log_cb])
     trainer.remove_callback(PrinterCallback)                          # the epoch line replaces its raw dicts
-    ctx = dict(device=device, bf16=bf16, threads=threads, id2label=id2label, class_weights=weights,
+    ctx = dict(device=device, bf16=bf16, threads=threads, id2label=id2label, class_weights=weights, data_hash=data_hash,
                parameters=counts, resume=resume, run_dir=run, train_dir=train_dir, best_model_dir=best_dir,
                tokenizer=tokenizer, log=log_cb, n_train=len(train_ds), n_eval=len(val_ds),
                mean_tokens=float(np.mean(train_ds["length"])), cls_only_last_layer=cls_only)
@@ -491,7 +492,7 @@ def training_summary(p: TrainingParams, ctx: dict, history: pd.DataFrame, best: 
     log = ctx["log"]
     return {"run_id": ctx["run_dir"].name, "params": dataclasses.asdict(p),
             "model_name": p.model_name, "model_path": resolve_model_name(p.model_name),
-            "id2label": {str(k): v for k, v in ctx["id2label"].items()},
+            "id2label": {str(k): v for k, v in ctx["id2label"].items()}, "data_hash": ctx["data_hash"],
             "best_epoch": best["epoch"], "best_step": best["global_step"],
             "best_metric": {"name": p.metric_for_best_model, "value": best[f"eval_{p.metric_for_best_model}"]},
             "best_validation": {k.removeprefix("eval_"): best[k] for k in ("eval_loss", "eval_accuracy", "eval_f1_macro")},
