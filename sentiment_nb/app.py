@@ -3,7 +3,8 @@
 # %% ../nbs/04_demo.ipynb #3fac3744
 from __future__ import annotations
 import asyncio, base64, binascii, concurrent.futures as cf, gc, hashlib, io, json, logging, os, queue, secrets
-import socket, sqlite3, tempfile, threading, time, uuid
+import socket, sqlite3, stat, tempfile, threading, time, uuid
+from collections import Counter
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,17 +16,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from . import infer
-from .core import read_json, resolve_path, use_offline_hub
+from .core import csv_safe, read_json, resolve_path, use_offline_hub
 
 log = logging.getLogger("sentiment_nb.app")
 
 # %% auto #0
-__all__ = ['log', 'LOG_SCHEMA', 'LOG_COLUMNS', 'EXAMPLES', 'CARD_PARAMS', 'InputError', 'clean_text', 'texts_from_payload',
-           'open_log_db', 'PredictionLog', 'text_hash', 'prediction_rows', 'run_id_of', 'ModelSlot', 'score_and_log',
-           'read_upload_csv', 'texts_of_column', 'write_scored_csv', 'metrics_table', 'evaluation_artifacts',
-           'DemoSettings', 'basic_auth_from_env', 'basic_auth_ok', 'model_card', 'model_tab_values', 'build_blocks',
-           'read_body', 'build_api', 'Demo', 'free_port', 'share_link', 'RunningDemo', 'start_demo', 'wait_until_ready',
-           'check_demo', 'serve_demo']
+__all__ = ['log', 'LOG_SCHEMA', 'LOG_COLUMNS', 'NOT_UPLOADED', 'EXAMPLES', 'CARD_PARAMS', 'FILE_ROUTES', 'InputError',
+           'clean_text', 'texts_from_payload', 'open_log_db', 'PredictionLog', 'text_hash', 'prediction_rows',
+           'run_id_of', 'ModelSlot', 'score_and_log', 'read_uploaded', 'read_upload_csv', 'texts_of_column',
+           'write_scored_csv', 'batch_summary', 'metrics_table', 'evaluation_artifacts', 'DemoSettings',
+           'basic_auth_from_env', 'basic_auth_ok', 'model_card', 'model_tab_values', 'build_blocks', 'read_body',
+           'parse_json_body', 'build_api', 'servable_file', 'UploadsOnly', 'Demo', 'free_port', 'share_link',
+           'RunningDemo', 'check_port', 'start_demo', 'wait_until_ready', 'check_demo', 'serve_demo']
 
 # %% ../nbs/04_demo.ipynb #2b97300b
 class InputError(ValueError):
@@ -34,9 +36,8 @@ class InputError(ValueError):
         super().__init__(message); self.status = status
 
 def clean_text(text: Any, max_chars: int, where: str = "text") -> tuple[str, bool]:
-    "The text to score and whether it was cut to `max_chars`; non-strings and blank texts raise InputError."
-    if not isinstance(text, str): raise InputError(f"{where} must be a string, got {type(text).__name__}")
-    if not text.strip(): raise InputError(f"{where} is empty or only whitespace: send the text to classify")
+    "The text to score and whether it was cut to `max_chars`; a text `infer.unscorable_reason` refuses raises InputError."
+    if reason := infer.unscorable_reason(text): raise InputError(f"{where} is {reason}")
     return (text[:max_chars], True) if len(text) > max_chars else (text, False)
 
 def texts_from_payload(payload: Any, max_texts: int, max_chars: int) -> tuple[list[str], list[bool], bool]:
@@ -196,17 +197,23 @@ class ModelSlot:
             if jobs[-1] is None: break
             if jobs[-1] is self._UNLOAD: self._unload_if_idle()
 
+    def _predict(self, texts: list[str]) -> tuple[list[dict], float]:
+        "Predictions for texts in one call and the model milliseconds."
+        t0 = time.perf_counter()
+        try: return (infer.predict(self.model, texts, self.batch_size) if texts else []), (time.perf_counter() - t0) * 1000
+        finally: self.last_used = time.monotonic()
+
     def _score_jobs(self, jobs: list) -> None:
         try:
             self._ensure_loaded()
-            texts = [t for ts, _ in jobs for t in ts]
-            t0 = time.perf_counter()
-            preds = infer.predict(self.model, texts, self.batch_size) if texts else []
-            ms = (time.perf_counter() - t0) * 1000
+            preds, ms = self._predict([t for ts, _ in jobs for t in ts])
         except Exception as e:
-            for _, fut in jobs: fut.set_exception(e)
+            if self.model is None or len(jobs) == 1:
+                for _, fut in jobs: fut.set_exception(e)
+            else:                                   # one job broke the shared pass: each alone, so only it fails
+                log.warning("a batch of %d jobs failed (%s: %s); scoring them one by one", len(jobs), type(e).__name__, e)
+                for job in jobs: self._score_jobs([job])
             return
-        finally: self.last_used = time.monotonic()
         i = 0
         for ts, fut in jobs: fut.set_result((preds[i:i + len(ts)], ms)); i += len(ts)
 
@@ -224,12 +231,10 @@ class ModelSlot:
         return run_id_of(self.model) if self.model is not None else None
 
     def health(self) -> dict:
-        "Model state, run id, labels and the last load error."
+        "Model state, run id, labels, variant and the last load error (no path: `GET /health` shows it)."
         m = self.model
-        return {"model_state": self.state, "run_id": self.run_id, "model_source": self.source,
-                "model_dir": str(m.model_dir) if m else None, "labels": list(m.labels) if m else None,
-                "variant": m.variant if m else None,
-                "loads": self.loads, "error": self.error}
+        return {"model_state": self.state, "run_id": self.run_id, "labels": list(m.labels) if m else None,
+                "variant": m.variant if m else None, "loads": self.loads, "error": self.error}
 
     def close(self) -> None:
         "Stop the scoring and idle threads (queued work is scored first)."
@@ -248,37 +253,62 @@ async def score_and_log(slot: ModelSlot, plog: PredictionLog, texts: Sequence[st
             for p, c, r in zip(preds, truncated, rows)], model_ms
 
 # %% ../nbs/04_demo.ipynb #2e2cc164
-def read_upload_csv(path: str | Path, max_bytes: int, max_rows: int) -> pd.DataFrame:
-    "An uploaded CSV as strings, refused with a clear message when too big, not UTF-8 or not a CSV."
-    path = Path(path); size = path.stat().st_size
-    if size > max_bytes:
-        raise InputError(f"the file is {size / 1e6:.1f} MB, above the {max_bytes / 1e6:.1f} MB limit: split it", 413)
-    raw = path.read_bytes()
+NOT_UPLOADED = "the file was not uploaded through this page: choose the CSV in the upload box"
+
+def read_uploaded(path: str | Path, upload_dir: str | Path, max_bytes: int) -> bytes:
+    "The bytes of a regular file inside `upload_dir` (links resolved); anything else is refused without being opened."
+    try:
+        real = Path(path).resolve(strict=True)
+        if not real.is_relative_to(Path(upload_dir).resolve()) or not stat.S_ISREG(real.stat().st_mode): raise OSError
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except (OSError, RuntimeError): raise InputError(NOT_UPLOADED, 403) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode): raise InputError(NOT_UPLOADED, 403)           # swapped since the check
+        if st.st_size > max_bytes:
+            raise InputError(f"the file is {st.st_size / 1e6:.1f} MB, above the {max_bytes / 1e6:.1f} MB limit: "
+                             "split it", 413)
+        return f.read(max_bytes + 1)
+
+def read_upload_csv(path: str | Path, upload_dir: str | Path, max_bytes: int, max_rows: int) -> pd.DataFrame:
+    "An uploaded CSV as strings (blank lines kept as rows); refused, naming why, when not an upload, too big or not a UTF-8 CSV."
+    raw = read_uploaded(path, upload_dir, max_bytes)
+    if len(raw) > max_bytes: raise InputError(f"the file is above the {max_bytes / 1e6:.1f} MB limit: split it", 413)
     if not raw.strip(): raise InputError("the file is empty: upload a CSV with a header row and a text column")
     try: text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"the file is not UTF-8 text (byte 0x{raw[e.start]:02x} at position {e.start}): "
                          "save it as a UTF-8 CSV") from None
-    try: df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    try: df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise InputError(f"the file is not a readable CSV: {e}") from None
     if len(df) > max_rows: raise InputError(f"the file has {len(df)} rows, the limit is {max_rows}", 413)
     return df
 
-def texts_of_column(df: pd.DataFrame, column: str, max_chars: int) -> tuple[list[int], list[str], list[bool]]:
-    "Row positions, texts (cut to `max_chars`) and cut flags of the non-blank cells of `column`."
+def texts_of_column(df: pd.DataFrame, column: str, max_chars: int
+                    ) -> tuple[list[int], list[str], list[bool], list[str | None]]:
+    "Positions, texts (cut to `max_chars`) and cut flags of the scorable cells of `column`; every row's reason (None: scorable)."
     if column not in df.columns:
         raise InputError(f"column '{column}' is not in the CSV; its columns are {list(df.columns)}")
-    keep = [(i, t) for i, t in enumerate(df[column].astype(str)) if t.strip()]
-    return [i for i, _ in keep], [t[:max_chars] for _, t in keep], [len(t) > max_chars for _, t in keep]
+    cells = df[column].fillna("").tolist()                  # a short row's missing cell is an empty text
+    reasons = [infer.unscorable_reason(t) for t in cells]
+    keep = [i for i, r in enumerate(reasons) if r is None]
+    return keep, [cells[i][:max_chars] for i in keep], [len(cells[i]) > max_chars for i in keep], reasons
 
-def write_scored_csv(df: pd.DataFrame, rows: list[int], preds: list[dict], out_dir: str | Path, name: str) -> Path:
-    "The CSV with `label` and `confidence` columns added, written as `<name>_scored.csv` into `out_dir`."
-    out = df.copy(); out["label"], out["confidence"] = "", float("nan")
+def write_scored_csv(df: pd.DataFrame, rows: list[int], preds: list[dict], reasons: Sequence[str | None],
+                     out_dir: str | Path, name: str) -> Path:
+    "The CSV plus `label`, `confidence` and `reason` columns, formula-safe, written as `<name>_scored.csv` into `out_dir`."
+    out = df.copy(); out["label"], out["confidence"], out["reason"] = "", float("nan"), [r or "" for r in reasons]
     out.loc[out.index[rows], "label"] = [p["label"] for p in preds]
     out.loc[out.index[rows], "confidence"] = [round(p["confidence"], 4) for p in preds]
     path = Path(tempfile.mkdtemp(dir=out_dir)) / f"{Path(name).stem or 'upload'}_scored.csv"
-    out.to_csv(path, index=False); return path
+    csv_safe(out).to_csv(path, index=False); return path
+
+def batch_summary(reasons: Sequence[str | None]) -> str:
+    "What the Batch tab says of a scored file: 'scored 3 of 5 rows; 2 empty or only whitespace'."
+    skipped = Counter(r for r in reasons if r)
+    return (f"scored {len(reasons) - sum(skipped.values())} of {len(reasons)} rows"
+            + "".join(f"; {n} {r}" for r, n in skipped.items()))
 
 # %% ../nbs/04_demo.ipynb #5ffa6023
 def metrics_table(metrics: Any) -> pd.DataFrame:
@@ -350,7 +380,7 @@ CARD_PARAMS = ("model_name", "n_epochs", "batch_size", "learning_rate", "loss", 
 def model_card(slot: ModelSlot, settings: DemoSettings) -> tuple[str, pd.DataFrame, list[str]]:
     "Markdown about the served model, the metrics table and the evaluation figures (image, caption)."
     h, m = slot.health(), slot.model
-    lines = [f"**model source**: `{h['model_source']}`", f"**state**: {h['model_state']}"]
+    lines = [f"**model source**: `{slot.source}`", f"**state**: {h['model_state']}"]
     if m is not None:
         params = m.info.get("params", {})
         lines += [f"**run**: `{run_id_of(m)}`", f"**folder**: `{m.model_dir}`", f"**classes**: {', '.join(m.labels)}",
@@ -369,8 +399,9 @@ def model_tab_values(slot: ModelSlot, settings: DemoSettings):
     card, table, figures = model_card(slot, settings)
     return card, gr.Dataframe(value=table, visible=not table.empty), gr.Gallery(value=figures, visible=bool(figures))
 
-def build_blocks(slot: ModelSlot, plog: PredictionLog, settings: DemoSettings, out_dir: str | Path):
-    "The Gradio Blocks of the demo: Predict, Batch, Model and Log tabs."
+def build_blocks(slot: ModelSlot, plog: PredictionLog, settings: DemoSettings, out_dir: str | Path,
+                 upload_dir: str | Path):
+    "The Gradio Blocks of the demo: Predict, Batch, Model and Log tabs; only CSVs uploaded into `upload_dir` are read."
     import gradio as gr
 
     async def classify(text: str):
@@ -383,25 +414,30 @@ def build_blocks(slot: ModelSlot, plog: PredictionLog, settings: DemoSettings, o
         return p["scores"], (f"**{p['label']}** ({p['confidence']:.1%}) · model {model_ms:.0f} ms, "
                              f"total {(time.perf_counter() - t0) * 1000:.0f} ms · run `{slot.run_id}`{note}")
 
+    def uploaded_table(path):
+        "The CSV at `path` when this app's upload route wrote it; any other path is refused unread."
+        try:
+            if str(path) not in demo.upload_file_set: raise InputError(NOT_UPLOADED, 403)
+            return read_upload_csv(path, upload_dir, int(settings.max_upload_mb * 1e6), settings.max_batch_rows)
+        except InputError as e: raise gr.Error(str(e)) from None
+
     def columns_of(path):
         if not path: return gr.Dropdown(choices=[], value=None)
-        try: cols = list(read_upload_csv(path, int(settings.max_upload_mb * 1e6), settings.max_batch_rows).columns)
-        except InputError as e: raise gr.Error(str(e)) from None
+        cols = list(uploaded_table(path).columns)
         return gr.Dropdown(choices=cols, value="text" if "text" in cols else cols[0])
 
     async def score_file(path, column, progress=gr.Progress()):
         if not path: raise gr.Error("upload a CSV file first")
-        try:
-            df = read_upload_csv(path, int(settings.max_upload_mb * 1e6), settings.max_batch_rows)
-            rows, texts, cuts = texts_of_column(df, column or "text", settings.max_text_chars)
+        df = uploaded_table(path)
+        try: rows, texts, cuts, reasons = texts_of_column(df, column or "text", settings.max_text_chars)
         except InputError as e: raise gr.Error(str(e)) from None
         preds, step = [], 256
         progress(0, desc=f"scoring {len(texts)} rows")
         for i in range(0, len(texts), step):
             preds += (await score_and_log(slot, plog, texts[i:i + step], cuts[i:i + step], "batch"))[0]
             progress(min(i + step, len(texts)) / max(len(texts), 1), desc=f"scored {len(preds)} of {len(texts)} rows")
-        out = write_scored_csv(df, rows, preds, out_dir, Path(path).name)
-        return str(out), f"scored {len(preds)} of {len(df)} rows (blank rows keep an empty label) · run `{slot.run_id}`"
+        out = write_scored_csv(df, rows, preds, reasons, out_dir, Path(path).name)
+        return str(out), f"{batch_summary(reasons)} (see the reason column) · run `{slot.run_id}`"
 
     def latest_log():
         df = plog.latest(50)
@@ -452,6 +488,13 @@ async def read_body(request, max_bytes: int) -> bytes:
         if len(body) > max_bytes: raise InputError(f"the body is over the {max_bytes} byte limit", 413)
     return bytes(body)
 
+def parse_json_body(body: bytes) -> Any:
+    "The JSON value of a request body; InputError (400) naming the problem when it cannot be read."
+    try: return json.loads(body)
+    except RecursionError: raise InputError("the body is not valid UTF-8 JSON: it is nested too deeply", 400) from None
+    except ValueError as e:             # not UTF-8, not JSON, or a number too long to convert
+        raise InputError(f"the body is not valid UTF-8 JSON: {str(e).split('; use sys.')[0]}", 400) from None
+
 def build_api(slot: ModelSlot, plog: PredictionLog, settings: DemoSettings, auth: tuple[str, str] | None = None):
     "A FastAPI app with `GET /health` and `POST /predict` over the slot and the log."
     api, started = FastAPI(title="sentiment_nb demo API", docs_url="/api/docs", redoc_url=None), time.time()
@@ -461,34 +504,56 @@ def build_api(slot: ModelSlot, plog: PredictionLog, settings: DemoSettings, auth
         return JSONResponse({"error": str(e)}, status_code=e.status)
 
     @api.get("/health")
-    def health():
-        return {"status": "ok", **slot.health(), "uptime_s": round(time.time() - started, 1),
-                "predictions_logged": plog.count()}
+    def health(request: Request):
+        h, failed = slot.health(), slot.state == "failed"
+        if h["error"] and not basic_auth_ok(request.headers.get("authorization"), auth):
+            h["error"] = "the model failed to load: the server log says why (or ask /health with the basic-auth login)"
+        return JSONResponse({"status": "error" if failed else "ok", **h, "uptime_s": round(time.time() - started, 1),
+                             "predictions_logged": plog.count()}, 503 if failed else 200)
 
     @api.post("/predict")
     async def predict(request: Request):
         if not basic_auth_ok(request.headers.get("authorization"), auth):
             return JSONResponse({"error": "basic auth required"}, 401, headers={"WWW-Authenticate": "Basic"})
         body = await read_body(request, int(settings.max_body_mb * 1e6))
-        try: payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"the body is not valid UTF-8 JSON: {e}", 400) from None
-        texts, cuts, many = texts_from_payload(payload, settings.max_texts_per_request, settings.max_text_chars)
+        texts, cuts, many = texts_from_payload(parse_json_body(body), settings.max_texts_per_request,
+                                               settings.max_text_chars)
         t0 = time.perf_counter()
         try: preds, model_ms = await score_and_log(slot, plog, texts, cuts, "api")
         except Exception as e:
             log.exception("scoring failed")
-            return JSONResponse({"error": f"the model could not score: {e}", **slot.health()}, 503)
+            return JSONResponse({**slot.health(), "error": f"the model could not score: {type(e).__name__}: {e}"}, 503)
         times = {"processing_ms": round((time.perf_counter() - t0) * 1000, 2), "model_ms": round(model_ms, 2),
                  "run_id": slot.run_id}
         return {"predictions": preds, **times} if many else {**preds[0], **times}
     return api
 
 # %% ../nbs/04_demo.ipynb #c781701e
+FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/")
+
+def servable_file(path: str, upload_dir: str | Path) -> bool:
+    "Whether Gradio's file routes may serve `path`: a regular file inside `upload_dir` once links are resolved."
+    try: real = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError): return False
+    return real.is_relative_to(Path(upload_dir).resolve()) and stat.S_ISREG(real.stat().st_mode)
+
+class UploadsOnly:
+    "ASGI middleware: Gradio's file routes answer 403 for any path `servable_file` refuses, before Gradio opens it."
+    def __init__(self, app, upload_dir: str | Path): self.app, self.upload_dir = app, upload_dir
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        route = next((r for r in FILE_ROUTES if path.startswith(r)), None)
+        if route and not servable_file(path[len(route):], self.upload_dir):
+            return await JSONResponse({"error": "file not allowed: only files uploaded to or written by this demo "
+                                                "are served"}, 403)(scope, receive, send)
+        await self.app(scope, receive, send)
+
 class Demo:
     "One demo: model slot, prediction log, API and Gradio app, closed together."
     def __init__(self, settings: DemoSettings, loader: Callable[[], infer.SentimentModel] | None = None):
         import gradio as gr
+        from gradio.utils import get_upload_folder
         use_offline_hub()
         self.settings, self.auth = settings, basic_auth_from_env()
         infer.resolve_variant(settings.model_variant)                  # an unknown variant fails before anything starts
@@ -496,10 +561,13 @@ class Demo:
                               variant=settings.model_variant)
         self.log = PredictionLog(settings.log_path, settings.store_texts)
         self._out = tempfile.TemporaryDirectory(prefix="sentiment-nb-demo-")
-        self.blocks = build_blocks(self.slot, self.log, settings, self._out.name)
+        upload_dir = Path(get_upload_folder()).resolve()
+        self.blocks = build_blocks(self.slot, self.log, settings, self._out.name, upload_dir)
         self.app = gr.mount_gradio_app(build_api(self.slot, self.log, settings, self.auth), self.blocks, path="/",
                                        auth=self.auth, max_file_size=int(settings.max_upload_mb * 1e6),
                                        footer_links=["api"])
+        self.blocks.has_launched = True              # so that Gradio's own upload-folder check applies
+        self.app.add_middleware(UploadsOnly, upload_dir=upload_dir)
         if settings.load_model_at_start: self.slot.load()
 
     def close(self) -> None:
@@ -539,11 +607,17 @@ class RunningDemo:
         "Stop the server and the demo."
         self.server.should_exit = True; self.thread.join(15); self.demo.close()
 
+def check_port(port: Any) -> int:
+    "`port` when it is a TCP port number (0: pick a free one); an OSError naming the range otherwise."
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise OSError(f"port {port!r} is not a TCP port: use 1-65535, or 0 to pick a free one")
+    return port
+
 def start_demo(settings: DemoSettings, host: str = "127.0.0.1", port: int = 0, share: bool = False,
                timeout: float = 60) -> RunningDemo:
     "Serve the demo in a background thread and return once it listens."
     import uvicorn
-    port = port or free_port(host)
+    port = check_port(port) or free_port(host)
     demo = Demo(settings)
     server = uvicorn.Server(uvicorn.Config(demo.app, host=host, port=port, log_level="warning", timeout_keep_alive=30))
     thread = threading.Thread(target=server.run, name="demo-server", daemon=True); thread.start()
