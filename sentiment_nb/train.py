@@ -22,12 +22,12 @@ __all__ = ['LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAI
            'check_training_params', 'resolve_device', 'cpu_supports_bf16', 'use_bf16', 'world_size', 'is_main_process',
            'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func', 'model_config',
            'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
-           'load_training_splits', 'encode_split', 'make_collator', 'padding_fraction', 'length_grouped_batches',
-           'classification_metrics', 'compute_metrics', 'best_eval_index', 'eval_records', 'KeepBestCallback',
-           'EpochLogCallback', 'latest_complete_checkpoint', 'checkpoint_to_resume', 'check_train_dir',
-           'prepare_train_dir', 'interactive_session', 'training_arguments', 'history_frame', 'publish_best_model',
-           'stage_paths', 'build_trainer', 'training_summary', 'train_classifier', 'plot_training_curves',
-           'train_from_params']
+           'load_training_splits', 'transfer_rows', 'with_teacher_probabilities', 'encode_split', 'make_collator',
+           'padding_fraction', 'length_grouped_batches', 'classification_metrics', 'compute_metrics', 'best_eval_index',
+           'eval_records', 'KeepBestCallback', 'EpochLogCallback', 'latest_complete_checkpoint', 'checkpoint_to_resume',
+           'check_train_dir', 'prepare_train_dir', 'interactive_session', 'training_arguments', 'history_frame',
+           'publish_best_model', 'stage_paths', 'build_trainer', 'training_summary', 'train_classifier',
+           'plot_training_curves', 'train_from_params']
 
 # %% ../nbs/02_training.ipynb #796279a6
 @dataclass
@@ -69,6 +69,11 @@ class TrainingParams:
     cls_only_last_layer: bool = True
     num_threads: int = 0
     torch_compile: bool = False
+    teacher_model: str = ""
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
+    transfer_data: list[str] = field(default_factory=list)
+    max_transfer_rows: int = 0
     run_dir: str = "reports/notebook"
 
     @classmethod
@@ -102,7 +107,11 @@ def check_training_params(p: TrainingParams) -> None:
              ("loss", p.loss in LOSSES, f"must be one of {list(LOSSES)}"),
              ("metric_for_best_model", p.metric_for_best_model in BEST_METRICS, f"must be one of {list(BEST_METRICS)}"),
              ("device", p.device in ("auto", "cuda", "mps", "cpu"), "must be auto, cuda, mps or cpu"),
-             ("bf16", p.bf16 in ("auto", True, False), "must be auto, True or False")]
+             ("bf16", p.bf16 in ("auto", True, False), "must be auto, True or False"),
+             ("distill_alpha", 0 <= p.distill_alpha <= 1, "must be in [0, 1]"),
+             ("distill_temperature", p.distill_temperature > 0, "must be > 0"),
+             ("max_transfer_rows", p.max_transfer_rows >= 0, "must be >= 0 (0: all rows)"),
+             ("transfer_data", not p.transfer_data or bool(p.teacher_model), "needs a teacher_model to label it")]
     for name, ok, expected in rules:
         if not ok: raise ValueError(f"training parameter {name}={getattr(p, name)!r} {expected}")
 
@@ -170,12 +179,18 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str = "cr
     elif loss != "cross_entropy": raise ValueError(f"loss='{loss}' must be one of {list(LOSSES)}")
     return ce * weight.to(ce.device)[labels] if weight is not None else ce
 
-def make_loss_func(loss: str = "cross_entropy", focal_gamma: float = 2.0, class_weights: list[float] | None = None):
-    "A `compute_loss_func(outputs, labels, num_items_in_batch)` for the transformers Trainer."
+def make_loss_func(loss: str = "cross_entropy", focal_gamma: float = 2.0, class_weights: list[float] | None = None,
+                   distill_alpha: float = 0.5, distill_temperature: float = 2.0):
+    "A `compute_loss_func(outputs, labels, num_items_in_batch)` for the transformers Trainer (2-d labels: distillation)."
+    from sentiment_nb.distill import distillation_loss
     weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
     def compute_loss(outputs, labels, num_items_in_batch=None):
-        losses = per_example_loss(outputs["logits"], labels, loss, focal_gamma, weight)
-        return losses.sum() / num_items_in_batch if num_items_in_batch else losses.mean()
+        if labels.dim() == 2:   # [gold label (-1: none), teacher probabilities...] per row
+            losses = distillation_loss(outputs["logits"], labels[:, 0].long(), labels[:, 1:], distill_alpha,
+                                       distill_temperature, weight)
+            rows = num_items_in_batch / labels.shape[1] if num_items_in_batch else None
+        else: losses, rows = per_example_loss(outputs["logits"], labels, loss, focal_gamma, weight), num_items_in_batch
+        return losses.sum() / rows if rows else losses.mean()
     return compute_loss
 
 # %% ../nbs/02_training.ipynb #25f88167
@@ -261,15 +276,41 @@ def load_training_splits(processed_dir: str | Path, max_train_samples: int = 0, 
                          f"raise max_train_samples ({max_train_samples}) or check the splits")
     return train, val, id2label, meta["hash"]
 
+# %% ../nbs/02_training.ipynb #8c053ed4
+def transfer_rows(p: TrainingParams, train: pd.DataFrame, protected: Sequence[Sequence[str]]) -> tuple[list[str], int]:
+    "The cleaned transfer texts of `p.transfer_data` without near-duplicates of training or `protected` texts, and the count dropped."
+    from sentiment_nb.data import clean_text
+    from sentiment_nb.distill import drop_near_duplicates, transfer_texts
+    texts = [clean_text(t) for src in p.transfer_data for t in transfer_texts(src, p.max_transfer_rows, seed=0)]
+    return drop_near_duplicates(texts, train["text"].tolist(), *protected)
+
+def with_teacher_probabilities(p: TrainingParams, train: pd.DataFrame, id2label: dict[int, str],
+                               protected: Sequence[Sequence[str]] = ()) -> tuple[pd.DataFrame, dict]:
+    "Training rows plus transfer rows (label -1), each with the teacher's `teacher_probs`; and what was used."
+    from sentiment_nb.distill import teacher_probabilities
+    from sentiment_nb.infer import resolve_model_dir
+    extra, dropped = transfer_rows(p, train, protected)
+    df = pd.concat([train[["text", "label"]], pd.DataFrame({"text": extra, "label": -1})], ignore_index=True)
+    probs, names = teacher_probabilities(p.teacher_model, df["text"].tolist(), max_length=p.max_input_length)
+    if names != [id2label[i] for i in sorted(id2label)]:
+        raise ValueError(f"teacher_model '{p.teacher_model}' has classes {names}, the splits {list(id2label.values())}: "
+                         f"distil only between models of the same classes in the same order")
+    df["teacher_probs"] = list(probs)
+    info = {"teacher_model": str(resolve_model_dir(p.teacher_model)), "n_gold": len(train), "n_transfer": len(extra),
+            "transfer_near_duplicates_dropped": dropped, "alpha": p.distill_alpha, "temperature": p.distill_temperature,
+            "teacher_train_accuracy": float((probs[:len(train)].argmax(1) == train["label"].to_numpy()).mean())}
+    return df, info
+
 # %% ../nbs/02_training.ipynb #bc670cfd
 def encode_split(tokenizer, df: pd.DataFrame, max_input_length: int, pad_to_max: bool = False,
                  sort_by_length: bool = False):
-    "A `datasets.Dataset` of token ids, `labels` and token `length` for one split."
+    "A `datasets.Dataset` of token ids, `labels` (with a `teacher_probs` column: gold label and them) and token `length`."
     import datasets
     enc = tokenizer(df["text"].astype(str).tolist(), truncation=True, max_length=max_input_length,
                     padding="max_length" if pad_to_max else False)
-    cols = {**{k: list(v) for k, v in enc.items()}, "labels": df["label"].astype(int).tolist(),
-            "length": [int(sum(m)) for m in enc["attention_mask"]]}
+    labels = df["label"].astype(int).tolist()
+    if "teacher_probs" in df.columns: labels = [[float(l), *map(float, p)] for l, p in zip(labels, df["teacher_probs"])]
+    cols = {**{k: list(v) for k, v in enc.items()}, "labels": labels, "length": [int(sum(m)) for m in enc["attention_mask"]]}
     if sort_by_length:
         order = np.argsort(cols["length"], kind="stable")
         cols = {k: [v[i] for i in order] for k, v in cols.items()}
@@ -461,6 +502,11 @@ def build_trainer(p: TrainingParams):
     train_df, val_df, id2label, data_hash = load_training_splits(p.processed_dir, p.max_train_samples,
                                                                  p.max_eval_samples, p.run_dir)
     weights = class_weight_vector(train_df["label"].tolist(), len(id2label), p.class_weights)
+    distillation = None
+    if p.teacher_model:   # validation and test texts (whole splits) stay out of the transfer set
+        from sentiment_nb.data import load_splits
+        held = [df["text"].tolist() for df in load_splits(p.processed_dir, names=("validation", "test"))[0].values()]
+        train_df, distillation = with_teacher_probabilities(p, train_df, id2label, held)
     set_seed(p.seed)
     model, tokenizer = load_model_and_tokenizer(p.model_name, p.tokenizer_name, id2label, p.dropout_rate)
     counts = freeze_for_training(model, p.freeze_backbone, p.trainable_last_layers, p.freeze_embeddings)
@@ -476,14 +522,16 @@ def build_trainer(p: TrainingParams):
     trainer = Trainer(model=model, args=training_arguments(p, train_dir, device, bf16),
                       data_collator=make_collator(tokenizer, p.dynamic_padding, p.max_input_length),
                       train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-                      compute_loss_func=make_loss_func(p.loss, p.focal_gamma, weights), compute_metrics=compute_metrics,
+                      compute_loss_func=make_loss_func(p.loss, p.focal_gamma, weights, p.distill_alpha,
+                                                       p.distill_temperature), compute_metrics=compute_metrics,
                       callbacks=[KeepBestCallback(train_dir / "best", p.metric_for_best_model, p.early_stopping_patience),
                                  log_cb])
     trainer.remove_callback(PrinterCallback)                          # the epoch line replaces its raw dicts
     ctx = dict(device=device, bf16=bf16, threads=threads, id2label=id2label, class_weights=weights, data_hash=data_hash,
                parameters=counts, resume=resume, run_dir=run, train_dir=train_dir, best_model_dir=best_dir,
                tokenizer=tokenizer, log=log_cb, n_train=len(train_ds), n_eval=len(val_ds),
-               mean_tokens=float(np.mean(train_ds["length"])), cls_only_last_layer=cls_only)
+               mean_tokens=float(np.mean(train_ds["length"])), cls_only_last_layer=cls_only,
+               distillation=distillation)
     return trainer, ctx
 
 # %% ../nbs/02_training.ipynb #948fdc62
@@ -504,7 +552,7 @@ def training_summary(p: TrainingParams, ctx: dict, history: pd.DataFrame, best: 
             "n_train": ctx["n_train"], "n_validation": ctx["n_eval"], "mean_train_tokens": round(ctx["mean_tokens"], 2),
             "device": ctx["device"], "bf16": ctx["bf16"], "threads": ctx["threads"], "world_size": world_size(),
             "resumed_from": ctx["resume"], "class_weights": ctx["class_weights"], "parameters": ctx["parameters"],
-            "cls_only_last_layer": ctx["cls_only_last_layer"],
+            "cls_only_last_layer": ctx["cls_only_last_layer"], "distillation": ctx["distillation"],
             "history": history.to_dict("records"), "versions": package_versions()}
 
 def train_classifier(p: TrainingParams) -> tuple[dict, pd.DataFrame]:

@@ -54,7 +54,8 @@ def test_training_params_declare_what_the_notebook_declares():
     from sentiment_nb.pipeline import notebook_parameters, type_from_name
     from sentiment_nb.train import TrainingParams
     cell = notebook_parameters(ROOT / "nbs" / "02_training.ipynb")
-    fields = {f.name: (type_from_name(f.type), f.default) for f in dataclasses.fields(TrainingParams)}
+    fields = {f.name: (type_from_name(f.type), f.default if f.default is not dataclasses.MISSING else f.default_factory())
+              for f in dataclasses.fields(TrainingParams)}
     assert {n: (str(p["type"]), p["default"]) for n, p in cell.items()} == {n: (str(t), d) for n, (t, d) in fields.items()}
 
 

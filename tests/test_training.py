@@ -141,3 +141,29 @@ def test_torchrun_two_processes_gloo(splits_dir, tmp_path):
     assert proc.stdout.count("best model (epoch") == 1, "a rank other than 0 wrote or reported"
     from sentiment_nb.infer import load_model, predict
     assert predict(load_model(run_dir / "model"), ["great"])[0]["label"] in ("negative", "positive")
+
+
+def test_distillation_from_a_teacher_trains_on_gold_and_transfer_rows(splits_dir, tmp_path, monkeypatch):
+    "A student trained on a real (tiny) teacher's probabilities over the training rows plus RT plot text."
+    import pandas as pd
+    from sentiment_nb.distill import near_duplicate_key
+    from sentiment_nb.infer import load_model
+    from sentiment_nb.train import train_classifier
+    monkeypatch.setenv("SENTIMENT_NB_CACHE", str(tmp_path / "cache"))
+    train_classifier(tiny_params(splits_dir, tmp_path / "teacher", max_train_samples=32))
+    teacher = tmp_path / "teacher" / "model"
+    summary, history = train_classifier(tiny_params(splits_dir, tmp_path / "student", teacher_model=str(teacher),
+                                                    transfer_data=["rt_plot"], max_transfer_rows=40,
+                                                    distill_alpha=0.7, distill_temperature=2.0))
+    d = summary["distillation"]
+    assert d["n_gold"] == 64 and d["n_transfer"] + d["transfer_near_duplicates_dropped"] == 40 and d["n_transfer"] > 30
+    assert summary["n_train"] == 64 + d["n_transfer"] and history["train_loss"].notna().all()
+    assert len(list((tmp_path / "cache" / "teacher_probs").glob("*.npz"))) == 1      # scored once, cached
+    held = {near_duplicate_key(t) for s in ("validation", "test") for t in pd.read_parquet(splits_dir / f"{s}.parquet")["text"]}
+    assert held, "no held-out texts read"
+    m = load_model(tmp_path / "student" / "model")
+    assert m.labels == ["negative", "positive"]
+    again, _ = train_classifier(tiny_params(splits_dir, tmp_path / "student2", teacher_model=str(teacher),
+                                            transfer_data=["rt_plot"], max_transfer_rows=40))
+    assert again["distillation"]["n_transfer"] == d["n_transfer"]                    # the same fixed sample
+    assert len(list((tmp_path / "cache" / "teacher_probs").glob("*.npz"))) == 1      # read back from the cache
