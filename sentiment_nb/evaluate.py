@@ -20,7 +20,7 @@ __all__ = ['BASELINES', 'HEADLINE_METRICS', 'model_source', 'check_same_labels',
            'expected_calibration_error', 'plot_reliability', 'plot_confidence_histogram', 'apply_temperature',
            'fit_temperature', 'check_baselines', 'majority_baseline', 'tfidf_logreg_baseline', 'vader_roles',
            'vader_probs', 'vader_baseline', 'score_baselines', 'evaluate_probs', 'comparison_table', 'metrics_rows',
-           'write_metrics', 'error_examples', 'sample_rows', 'evaluate_model']
+           'write_metrics', 'error_examples', 'ood_accuracy', 'sample_rows', 'evaluate_model']
 
 # %% ../nbs/03_evaluation.ipynb #9059ecb0
 def model_source(model_dir: str, run_dir: str | Path) -> str:
@@ -70,7 +70,7 @@ def metric_names(labels: Sequence[str]) -> list[str]:
     "The names of every metric `evaluate_probs` reports for these classes (what push conditions may name)."
     return ["accuracy", *[f"{a}_{m}" for a in ("macro", "weighted") for m in ("precision", "recall", "f1")],
             *[f"{m}_{n}" for n in labels for m in ("precision", "recall", "f1")], "roc_auc", "log_loss", "ece",
-            "ece_temperature_scaled", "log_loss_temperature_scaled", "temperature"]
+            "ece_temperature_scaled", "log_loss_temperature_scaled", "temperature", "ood_accuracy"]
 
 # %% ../nbs/03_evaluation.ipynb #0c05a28f
 def confusion_tables(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -244,6 +244,22 @@ def error_examples(texts: Sequence[str], y_true: Sequence[int], probs: np.ndarra
     unsure = df[np.asarray(y_true) == pred].sort_values("confidence", kind="stable").head(n)
     return wrong.reset_index(drop=True), unsure.reset_index(drop=True)
 
+# %% ../nbs/03_evaluation.ipynb #86002ff8
+def ood_accuracy(m, dataset: str, rows: int = 2000, batch_size: int = 64) -> tuple[float | None, dict]:
+    "Accuracy of model `m` on the held-out positive/negative tweets, and what was scored (or why nothing was)."
+    from sentiment_nb.data import clean_text
+    from sentiment_nb.distill import OOD_SEED, split_ood_tweets
+    if rows <= 0: return None, {"note": "ood_rows is 0"}
+    if dataset == "tweets_3class": return None, {"note": "the model was trained on the tweets: they are not out of domain"}
+    missing = sorted({"negative", "positive"} - set(m.labels))
+    if missing: return None, {"note": f"the model has no class {missing}"}
+    held = split_ood_tweets()[0]
+    if rows < len(held): held = held.sample(rows, random_state=OOD_SEED)
+    cols = [m.labels.index("negative"), m.labels.index("positive")]
+    probs = predict_proba(m, [clean_text(t) for t in held["text"]], batch_size)[:, cols]
+    pred = np.array(["negative", "positive"])[probs.argmax(axis=1)]
+    return float((pred == held["label_name"].to_numpy()).mean()), {"rows": len(held), "set": "tweets_3class positive/negative, held out"}
+
 # %% ../nbs/03_evaluation.ipynb #1f6359a6
 def sample_rows(df: pd.DataFrame, max_rows: int, seed: int = 42) -> pd.DataFrame:
     "At most `max_rows` rows of `df` (a random sample in the original order), all rows when 0."
@@ -252,7 +268,8 @@ def sample_rows(df: pd.DataFrame, max_rows: int, seed: int = 42) -> pd.DataFrame
     return df.sample(max_rows, random_state=seed).sort_index().reset_index(drop=True)
 
 def evaluate_model(source: str, splits: dict[str, pd.DataFrame], labels: Sequence[str], batch_size: int = 64,
-                   max_rows: int = 0, n_bins: int = 15, baselines: Sequence[str] = BASELINES, seed: int = 42) -> dict:
+                   max_rows: int = 0, n_bins: int = 15, baselines: Sequence[str] = BASELINES, seed: int = 42,
+                   dataset: str = "", ood_rows: int = 2000) -> dict:
     "Score the test (and validation) split with the model and the baselines; return the report and the arrays behind it."
     check_baselines(baselines)
     if batch_size < 1: raise ValueError(f"eval_batch_size={batch_size} must be >= 1")
@@ -268,12 +285,13 @@ def evaluate_model(source: str, splits: dict[str, pd.DataFrame], labels: Sequenc
     metrics.update(ece_temperature_scaled=expected_calibration_error(scaled, y, n_bins),
                    log_loss_temperature_scaled=float(skm.log_loss(y, scaled, labels=list(range(len(labels))))),
                    temperature=temperature)
+    metrics["ood_accuracy"], ood = ood_accuracy(m, dataset, ood_rows, batch_size)
     base_probs, notes = score_baselines(baselines, splits["train"], test, labels, seed)
     counts, _ = confusion_tables(y, probs.argmax(axis=1), labels)
     report = {"split": "test", "rows": len(test), "validation_rows": len(val), "labels": list(labels),
               "model_dir": str(m.model_dir), "model_run_id": m.run_id, "metrics": metrics,
               "baselines": {n: evaluate_probs(y, p, labels, n_bins) for n, p in base_probs.items()},
-              "baseline_notes": notes, "confusion_matrix": counts.values.tolist(),
+              "baseline_notes": notes, "ood": ood, "confusion_matrix": counts.values.tolist(),
               "classification_report": skm.classification_report(y, probs.argmax(axis=1), labels=list(range(len(labels))),
                                                                   target_names=list(labels), output_dict=True, zero_division=0)}
     return {"report": report, "test": test, "probs": probs, "scaled": scaled, "baseline_probs": base_probs}

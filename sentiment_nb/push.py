@@ -485,6 +485,9 @@ Sequence classifier fine-tuned from `{params.get('model_name', training.get('bas
 |---|---|---|---|
 {table}
 
+Out of domain (held-out positive/negative tweets, {report.get('ood', {}).get('rows', 'n/a')} rows): accuracy
+{fmt(m.get('ood_accuracy'))}{'' if m.get('ood_accuracy') is not None else ' (' + report.get('ood', {}).get('note', 'not scored') + ')'}.
+
 Calibration: ECE {fmt(m.get('ece'))}, {fmt(m.get('ece_temperature_scaled'))} after temperature scaling
 (T = {fmt(m.get('temperature'))}, fitted on {report.get('validation_rows', 'n/a')} validation rows).
 
