@@ -22,12 +22,12 @@ __all__ = ['LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAI
            'check_training_params', 'resolve_device', 'cpu_supports_bf16', 'use_bf16', 'world_size', 'is_main_process',
            'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func', 'model_config',
            'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
-           'load_training_splits', 'transfer_rows', 'with_teacher_probabilities', 'encode_split', 'make_collator',
-           'padding_fraction', 'length_grouped_batches', 'classification_metrics', 'compute_metrics', 'best_eval_index',
-           'eval_records', 'KeepBestCallback', 'EpochLogCallback', 'latest_complete_checkpoint', 'checkpoint_to_resume',
-           'check_train_dir', 'prepare_train_dir', 'interactive_session', 'training_arguments', 'history_frame',
-           'publish_best_model', 'stage_paths', 'build_trainer', 'training_summary', 'train_classifier',
-           'plot_training_curves', 'train_from_params']
+           'load_training_splits', 'transfer_rows', 'check_teacher_data', 'with_teacher_probabilities', 'encode_split',
+           'make_collator', 'padding_fraction', 'length_grouped_batches', 'classification_metrics', 'compute_metrics',
+           'best_eval_index', 'eval_records', 'KeepBestCallback', 'EpochLogCallback', 'latest_complete_checkpoint',
+           'checkpoint_to_resume', 'check_train_dir', 'prepare_train_dir', 'interactive_session', 'training_arguments',
+           'history_frame', 'publish_best_model', 'stage_paths', 'build_trainer', 'training_summary',
+           'train_classifier', 'plot_training_curves', 'train_from_params']
 
 # %% ../nbs/02_training.ipynb #796279a6
 @dataclass
@@ -284,11 +284,22 @@ def transfer_rows(p: TrainingParams, train: pd.DataFrame, protected: Sequence[Se
     texts = [clean_text(t) for src in p.transfer_data for t in transfer_texts(src, p.max_transfer_rows, seed=0)]
     return drop_near_duplicates(texts, train["text"].tolist(), *protected)
 
+def check_teacher_data(teacher_dir: Path, data_hash: str | None) -> str | None:
+    "The data hash the teacher was trained on; raise when it is not these splits' (the teacher may have seen test rows)."
+    summary = teacher_dir / "training_summary.json"
+    taught = read_json(summary).get("data_hash") if summary.exists() else None
+    if data_hash and taught and taught != data_hash:
+        raise ValueError(f"teacher_model '{teacher_dir}' was trained on splits {taught[:12]}, these are {data_hash[:12]}: "
+                         f"its probabilities could carry test or validation rows into training; train the teacher on these splits")
+    return taught
+
 def with_teacher_probabilities(p: TrainingParams, train: pd.DataFrame, id2label: dict[int, str],
-                               protected: Sequence[Sequence[str]] = ()) -> tuple[pd.DataFrame, dict]:
+                               protected: Sequence[Sequence[str]] = (), data_hash: str | None = None) -> tuple[pd.DataFrame, dict]:
     "Training rows plus transfer rows (label -1), each with the teacher's `teacher_probs`; and what was used."
     from sentiment_nb.distill import teacher_probabilities
     from sentiment_nb.infer import resolve_model_dir
+    teacher_dir = resolve_model_dir(p.teacher_model)
+    taught = check_teacher_data(teacher_dir, data_hash)
     extra, dropped = transfer_rows(p, train, protected)
     df = pd.concat([train[["text", "label"]], pd.DataFrame({"text": extra, "label": -1})], ignore_index=True)
     probs, names = teacher_probabilities(p.teacher_model, df["text"].tolist(), max_length=p.max_input_length)
@@ -296,7 +307,7 @@ def with_teacher_probabilities(p: TrainingParams, train: pd.DataFrame, id2label:
         raise ValueError(f"teacher_model '{p.teacher_model}' has classes {names}, the splits {list(id2label.values())}: "
                          f"distil only between models of the same classes in the same order")
     df["teacher_probs"] = list(probs)
-    info = {"teacher_model": str(resolve_model_dir(p.teacher_model)), "n_gold": len(train), "n_transfer": len(extra),
+    info = {"teacher_model": str(teacher_dir), "teacher_data_hash": taught, "n_gold": len(train), "n_transfer": len(extra),
             "transfer_near_duplicates_dropped": dropped, "alpha": p.distill_alpha, "temperature": p.distill_temperature,
             "teacher_train_accuracy": float((probs[:len(train)].argmax(1) == train["label"].to_numpy()).mean())}
     return df, info
@@ -506,7 +517,7 @@ def build_trainer(p: TrainingParams):
     if p.teacher_model:   # validation and test texts (whole splits) stay out of the transfer set
         from sentiment_nb.data import load_splits
         held = [df["text"].tolist() for df in load_splits(p.processed_dir, names=("validation", "test"))[0].values()]
-        train_df, distillation = with_teacher_probabilities(p, train_df, id2label, held)
+        train_df, distillation = with_teacher_probabilities(p, train_df, id2label, held, data_hash)
     set_seed(p.seed)
     model, tokenizer = load_model_and_tokenizer(p.model_name, p.tokenizer_name, id2label, p.dropout_rate)
     counts = freeze_for_training(model, p.freeze_backbone, p.trainable_last_layers, p.freeze_embeddings)
