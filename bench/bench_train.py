@@ -47,7 +47,7 @@ def run_worker(name: str, args) -> dict:
     return {"config": name, "settings": CONFIGS[name], "samples_per_second": summary["samples_per_second"],
             "seconds_per_epoch": summary["seconds_per_epoch"], "train_seconds": summary["train_seconds"],
             "validation_accuracy": summary["best_validation"]["accuracy"],
-            "validation_f1_macro": summary["best_validation"]["f1_macro"], "n_train": summary["n_train"],
+            "validation_macro_f1": summary["best_validation"]["macro_f1"], "n_train": summary["n_train"],
             "mean_train_tokens": summary["mean_train_tokens"], "bf16": summary["bf16"], "threads": summary["threads"],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 

@@ -18,7 +18,7 @@ from .pipeline import convert_parameters, load_run_splits, type_from_name
 from .infer import use_cls_only_last_layer
 
 # %% auto #0
-__all__ = ['LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAIN_DIR_MARKER', 'TrainingParams',
+__all__ = ['METRIC_ALIASES', 'LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAIN_DIR_MARKER', 'TrainingParams',
            'check_training_params', 'resolve_device', 'cpu_supports_bf16', 'use_bf16', 'world_size', 'is_main_process',
            'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func', 'model_config',
            'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
@@ -30,6 +30,8 @@ __all__ = ['LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAI
            'train_classifier', 'plot_training_curves', 'train_from_params']
 
 # %% ../nbs/02_training.ipynb #796279a6
+METRIC_ALIASES = {"f1_macro": "macro_f1"}   # the name 02 used before one vocabulary for every stage
+
 @dataclass
 class TrainingParams:
     "The parameters of stage 02; see the README's `### 02 training` table for each one."
@@ -54,7 +56,7 @@ class TrainingParams:
     loss: str = "cross_entropy"
     focal_gamma: float = 2.0
     early_stopping_patience: int = 0
-    metric_for_best_model: str = "f1_macro"
+    metric_for_best_model: str = "macro_f1"
     checkpoint_steps: int = 0
     train_dir: str = ""
     clean_train_dir_before_training: bool = True
@@ -76,6 +78,10 @@ class TrainingParams:
     max_transfer_rows: int = 0
     run_dir: str = "reports/notebook"
 
+    def __post_init__(self):
+        "Metric names as stage 03 and the push conditions spell them (`f1_macro` is an accepted alias of `macro_f1`)."
+        self.metric_for_best_model = METRIC_ALIASES.get(self.metric_for_best_model, self.metric_for_best_model)
+
     @classmethod
     def from_mapping(cls, values: dict) -> "TrainingParams":
         "The parameters named in `values` (a notebook's globals, a YAML file) as their fields' types; other names are ignored."
@@ -85,7 +91,7 @@ class TrainingParams:
 # %% ../nbs/02_training.ipynb #d4edcbb6
 LR_SCHEDULES = ("linear", "cosine", "constant")
 LOSSES = ("cross_entropy", "focal")
-BEST_METRICS = {"f1_macro": True, "accuracy": True, "loss": False}  # name -> greater is better
+BEST_METRICS = {"macro_f1": True, "accuracy": True, "loss": False}  # name -> greater is better
 
 def check_training_params(p: TrainingParams) -> None:
     "Raise a ValueError naming the first parameter whose value cannot work."
@@ -352,7 +358,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     from sklearn.metrics import accuracy_score, f1_score
     preds = np.asarray(logits).argmax(-1)
     return {"accuracy": float(accuracy_score(labels, preds)),
-            "f1_macro": float(f1_score(labels, preds, average="macro", zero_division=0))}
+            "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0))}
 
 def compute_metrics(eval_pred) -> dict[str, float]:
     "The Trainer's `compute_metrics` hook."
@@ -406,7 +412,7 @@ class EpochLogCallback(TrainerCallback):
         train_loss = next((e["loss"] for e in reversed(state.log_history) if "loss" in e), float("nan"))
         speed = self.samples / self.train_seconds if self.train_seconds else float("nan")
         print(f"epoch {state.epoch:.2f}: train loss {train_loss:.4f} · validation loss {metrics['eval_loss']:.4f} · "
-              f"accuracy {metrics['eval_accuracy']:.4f} · macro F1 {metrics['eval_f1_macro']:.4f} · "
+              f"accuracy {metrics['eval_accuracy']:.4f} · macro F1 {metrics['eval_macro_f1']:.4f} · "
               f"{speed:.1f} samples/s", flush=True)
 
 # %% ../nbs/02_training.ipynb #3d8e9ad1
@@ -474,9 +480,9 @@ def history_frame(log_history: list[dict]) -> pd.DataFrame:
         if "eval_loss" in e:
             rows.append({"epoch": round(e["epoch"], 3), "step": e["step"], "train_loss": train_loss,
                          "validation_loss": e["eval_loss"], "validation_accuracy": e["eval_accuracy"],
-                         "validation_f1_macro": e["eval_f1_macro"]})
+                         "validation_macro_f1": e["eval_macro_f1"]})
     return pd.DataFrame(rows, columns=["epoch", "step", "train_loss", "validation_loss", "validation_accuracy",
-                                       "validation_f1_macro"])
+                                       "validation_macro_f1"])
 
 # %% ../nbs/02_training.ipynb #1e15174a
 def publish_best_model(best_dir: Path, dest: Path, tokenizer, summary: dict) -> Path:
@@ -554,7 +560,7 @@ def training_summary(p: TrainingParams, ctx: dict, history: pd.DataFrame, best: 
             "id2label": {str(k): v for k, v in ctx["id2label"].items()}, "data_hash": ctx["data_hash"],
             "best_epoch": best["epoch"], "best_step": best["global_step"],
             "best_metric": {"name": p.metric_for_best_model, "value": best[f"eval_{p.metric_for_best_model}"]},
-            "best_validation": {k.removeprefix("eval_"): best[k] for k in ("eval_loss", "eval_accuracy", "eval_f1_macro")},
+            "best_validation": {k.removeprefix("eval_"): best[k] for k in ("eval_loss", "eval_accuracy", "eval_macro_f1")},
             "epochs_run": float(history["epoch"].max()) if len(history) else 0.0,
             "stopped_early": bool(len(history) and history["epoch"].max() < p.n_epochs - 1e-6),
             "seconds": round(seconds, 1), "train_seconds": round(log.train_seconds, 1),
@@ -592,7 +598,7 @@ def plot_training_curves(history: pd.DataFrame):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     losses = history.melt("epoch", ["train_loss", "validation_loss"], "curve", "loss")
     sns.lineplot(losses, x="epoch", y="loss", hue="curve", marker="o", ax=ax1)
-    scores = history.melt("epoch", ["validation_accuracy", "validation_f1_macro"], "metric", "score")
+    scores = history.melt("epoch", ["validation_accuracy", "validation_macro_f1"], "metric", "score")
     sns.lineplot(scores, x="epoch", y="score", hue="metric", marker="o", ax=ax2)
     ax1.set_title("loss per epoch"); ax2.set_title("validation accuracy and macro F1")
     fig.tight_layout()

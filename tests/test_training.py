@@ -56,7 +56,7 @@ def test_same_seed_same_metrics(splits_dir, tmp_path):
     from sentiment_nb.train import train_classifier
     runs = [train_classifier(tiny_params(splits_dir, tmp_path / f"r{i}", max_train_samples=32, seed=7))[1]
             for i in range(2)]
-    cols = ["train_loss", "validation_loss", "validation_accuracy", "validation_f1_macro"]
+    cols = ["train_loss", "validation_loss", "validation_accuracy", "validation_macro_f1"]
     assert runs[0][cols].to_dict("records") == runs[1][cols].to_dict("records")
     other = train_classifier(tiny_params(splits_dir, tmp_path / "r2", max_train_samples=32, seed=8))[1]
     assert other["train_loss"].iloc[0] != runs[0]["train_loss"].iloc[0], "the seed changes nothing"
