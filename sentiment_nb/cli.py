@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse, logging, sys
 from pathlib import Path
 
+import numpy as np
+
+from .core import csv_safe
+
 # %% auto #0
-__all__ = ['PREDICT_WRITERS', 'COMMANDS', 'add_params_options', 'add_variant_option', 'add_run_command', 'run_command',
-           'add_serve_command', 'serve_command', 'add_s3_local_command', 's3_local_command', 'add_train_command',
-           'train_command', 'add_predict_command', 'predict_inputs', 'predict_command', 'build_parser', 'is_user_error',
-           'main']
+__all__ = ['SQLITE_MAGIC', 'PREDICT_WRITERS', 'COMMANDS', 'add_params_options', 'add_variant_option', 'add_run_command',
+           'run_command', 'check_writable_file', 'check_log_path', 'model_line', 'add_serve_command', 'serve_command',
+           'add_s3_local_command', 's3_local_command', 'add_train_command', 'train_command', 'add_predict_command',
+           'stdin_lines', 'predict_inputs', 'utf8_safe', 'score_texts', 'scored_table', 'printed_rows', 'write_scored',
+           'predict_command', 'build_parser', 'is_user_error', 'main']
 
 # %% ../nbs/13_cli.ipynb #0a3f53af
 def add_params_options(p, param_help: str) -> None:
@@ -41,6 +46,38 @@ def run_command(args) -> int:
     print(f"reports: {run_dir / 'index.html'}")
     return 0
 
+# %% ../nbs/13_cli.ipynb #f36798d4
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+def check_writable_file(path: str | Path, option: str, make_folder: bool = False) -> Path:
+    "`path` once a file can be written there: not a folder, its folder exists (or, with `make_folder`, can be made) and is writable."
+    import tempfile
+    p = Path(path)
+    if p.is_dir(): raise ValueError(f"{option} {path} is a folder: expected a file path")
+    folder = p.parent
+    if not folder.exists() and not make_folder:
+        raise FileNotFoundError(f"{option} {path}: the folder {folder} does not exist (create it first)")
+    while not folder.exists(): folder = folder.parent          # the folder the missing ones would be made in
+    if not folder.is_dir(): raise ValueError(f"{option} {path}: {folder} is a file, not a folder")
+    try:
+        if p.exists(): open(p, "ab").close()                   # appending nothing: the file is unchanged
+        else: tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e: raise ValueError(f"{option} {path} cannot be written ({e.strerror or e})") from e
+    return p
+
+def check_log_path(path: str | Path) -> Path:
+    "The prediction log's path (relative to the project root) once it can be written and is, if it exists, an SQLite file."
+    from sentiment_nb.core import resolve_path
+    p = check_writable_file(resolve_path(path), "--log", make_folder=True)
+    if p.exists() and p.stat().st_size:
+        with open(p, "rb") as f: head = f.read(len(SQLITE_MAGIC))
+        if head != SQLITE_MAGIC: raise ValueError(f"--log {path} is not an SQLite database: name a new file or an earlier log")
+    return p
+
+def model_line(model_dir: str | Path, run_id: str | None, variant: str) -> str:
+    "The stderr line that names the model answering: run id, folder and variant."
+    return f"model: run {run_id or '(none recorded)'} at {model_dir} ({variant})"
+
 # %% ../nbs/13_cli.ipynb #9888a175
 def add_serve_command(sub) -> None:
     "The `serve` sub-command: the Gradio demo with `GET /health` and `POST /predict`."
@@ -59,17 +96,17 @@ def add_serve_command(sub) -> None:
     p.set_defaults(func=serve_command)
 
 def serve_command(args) -> int:
-    "Check the model source, then serve the demo until interrupted."
-    from sentiment_nb.infer import resolve_model_dir
-    resolve_model_dir(args.model)               # a wrong source fails here, before anything starts (S3: pulled once)
+    "Check the model source and the log path, name the model, then serve the demo until interrupted."
+    from sentiment_nb.infer import check_model_files, resolve_model_dir, resolve_variant, training_summary
+    d = resolve_model_dir(args.model)           # a wrong source fails here, before anything starts (S3: pulled once)
+    check_model_files(d); check_log_path(args.log)
+    print(model_line(d, training_summary(d).get("run_id"), resolve_variant(args.variant)), file=sys.stderr, flush=True)
     from sentiment_nb.app import DemoSettings, serve_demo
     settings = DemoSettings(args.model, args.metrics, args.log, not args.no_log_texts, not args.lazy, args.variant,
                             args.idle_unload_minutes, max_upload_mb=args.max_upload_mb)
     try: serve_demo(settings, args.host, args.port, args.share)
     except OSError as e: print(f"sentiment-nb serve: error: {e}", file=sys.stderr); return 2
     return 0
-
-
 
 # %% ../nbs/13_cli.ipynb #2a4c0f71
 def add_s3_local_command(sub) -> None:
@@ -116,7 +153,8 @@ def train_command(args) -> int:
     return 0
 
 # %% ../nbs/13_cli.ipynb #808c98eb
-PREDICT_WRITERS = {".csv": lambda df, p: df.to_csv(p, index=False), ".tsv": lambda df, p: df.to_csv(p, sep="\t", index=False),
+PREDICT_WRITERS = {".csv": lambda df, p: csv_safe(df).to_csv(p, index=False),
+                   ".tsv": lambda df, p: csv_safe(df).to_csv(p, sep="\t", index=False),
                    ".jsonl": lambda df, p: df.to_json(p, orient="records", lines=True, force_ascii=False),
                    ".parquet": lambda df, p: df.to_parquet(p, index=False)}
 
@@ -136,10 +174,17 @@ def add_predict_command(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per text (label, confidence, scores)")
     p.set_defaults(func=predict_command)
 
+def stdin_lines(stdin=None) -> list[str]:
+    "Every line of stdin (blank ones too: one row each), undecodable bytes kept as lone surrogates for the reason to name."
+    import io
+    stream = stdin or io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+    return [l.rstrip("\r\n") for l in stream]
+
 def predict_inputs(args, stdin=None):
     "The texts to score and the table they come from (None for arguments and stdin), checked before loading a model."
     if args.out and Path(args.out).suffix.lower() not in PREDICT_WRITERS:
         raise ValueError(f"--out {args.out}: unknown format '{Path(args.out).suffix}', expected one of {list(PREDICT_WRITERS)}")
+    if args.out: check_writable_file(args.out, "--out")
     if args.file and args.texts: raise ValueError("give either TEXT arguments (or '-') or --file, not both")
     if args.file:
         from sentiment_nb.data import read_table
@@ -148,29 +193,71 @@ def predict_inputs(args, stdin=None):
         if args.column not in table.columns:
             raise ValueError(f"column '{args.column}' not in {args.file}; its columns are {list(table.columns)} (pick one with --column)")
         return table[args.column].fillna("").astype(str).tolist(), table
-    if args.texts == ["-"]: return [l.rstrip("\r\n") for l in (stdin or sys.stdin) if l.strip()], None
+    if args.texts == ["-"]: return stdin_lines(stdin), None
     if not args.texts: raise ValueError("nothing to score: give TEXT arguments, '-' to read stdin, or --file")
     return list(args.texts), None
 
-def predict_command(args) -> int:
-    "Score the texts and print them, or write the scored table to --out."
-    import json
+# %% ../nbs/13_cli.ipynb #ee14ef7e
+def utf8_safe(text: str) -> str:
+    "`text` with any lone surrogate (undecodable input bytes) written as a `\\udcXX` escape, so it can be printed and saved."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+def score_texts(m, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, list[str | None]]:
+    "Probabilities of every text (NaN rows for those `unscorable_reason` refuses, which the model never sees) and the reasons."
+    from sentiment_nb.infer import predict_proba_chunked, unscorable_reason
+    reasons = [unscorable_reason(t) for t in texts]
+    ok = [i for i, r in enumerate(reasons) if r is None]
+    probs = np.full((len(texts), len(m.labels)), np.nan, dtype=np.float32)
+    if ok: probs[ok] = predict_proba_chunked(m, [texts[i] for i in ok], batch_size, desc=f"scoring ({m.variant})")
+    return probs, reasons
+
+def scored_table(texts: list[str], table, probs: np.ndarray, reasons: list[str | None], labels: list[str]):
+    "The input table (or a `text` column) with `label`, `confidence`, `p_<class>` and `note` (why a row was not scored)."
     import pandas as pd
-    from sentiment_nb.infer import load_model, predict_proba_chunked, resolve_model_dir
+    out = table.copy() if table is not None else pd.DataFrame({"text": [utf8_safe(t) for t in texts]})
+    out["label"] = [None if r else labels[int(p.argmax())] for p, r in zip(probs, reasons)]
+    out["confidence"] = probs.max(1)
+    for j, name in enumerate(labels): out[f"p_{name}"] = probs[:, j]
+    out["note"] = [r or "" for r in reasons]
+    return out
+
+def printed_rows(texts: list[str], probs: np.ndarray, reasons: list[str | None], labels: list[str], as_json: bool) -> list[str]:
+    "One output line per text: `label<TAB>confidence<TAB>text`, or a JSON object; a refused text shows its reason."
+    import json
+    lines = []
+    for t, p, r in zip(map(utf8_safe, texts), probs, reasons):
+        if as_json:
+            row = ({"text": t, "label": None, "confidence": None, "scores": None, "error": r} if r else
+                   {"text": t, "label": labels[int(p.argmax())], "confidence": round(float(p.max()), 6),
+                    "scores": {n: round(float(s), 6) for n, s in zip(labels, p)}})
+            lines.append(json.dumps(row, ensure_ascii=False))
+        else: lines.append(f"-\t-\t{t}\tnot scored: {r}" if r else f"{labels[int(p.argmax())]}\t{p.max():.3f}\t{t}")
+    return lines
+
+def write_scored(table, out: str | Path) -> None:
+    "Write the scored table in the format of `out`'s suffix via a temporary file, so a failed write leaves no half file."
+    import os
+    out = Path(out); tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try: PREDICT_WRITERS[out.suffix.lower()](table, tmp); os.replace(tmp, out)
+    except (ValueError, TypeError, OSError) as e:          # e.g. a column parquet cannot hold, a full disk
+        raise ValueError(f"--out {out}: cannot write the scored rows as {out.suffix[1:]} ({e}); "
+                         f"an earlier {out.name} is left as it was") from e
+    finally: tmp.unlink(missing_ok=True)
+
+def predict_command(args) -> int:
+    "Score the texts and print them, or write the scored table to --out; one output row per input row."
+    from sentiment_nb.infer import load_model, resolve_model_dir
     texts, table = predict_inputs(args)
     m = load_model(resolve_model_dir(args.model, args.reports_dir), threads=args.threads, variant=args.variant)
-    probs = predict_proba_chunked(m, texts, args.batch_size, desc=f"scoring ({m.variant})")
-    labels = [m.labels[i] for i in probs.argmax(1)]
+    print(model_line(m.model_dir, m.run_id, m.variant), file=sys.stderr, flush=True)
+    probs, reasons = score_texts(m, texts, args.batch_size)
     if args.out:
-        out = (table.copy() if table is not None else pd.DataFrame({"text": texts})).assign(label=labels, confidence=probs.max(1))
-        for j, name in enumerate(m.labels): out[f"p_{name}"] = probs[:, j]
-        PREDICT_WRITERS[Path(args.out).suffix.lower()](out, args.out)
-        print(f"{len(texts)} rows scored with {m.model_dir} ({m.variant}) -> {args.out}", file=sys.stderr)
+        write_scored(scored_table(texts, table, probs, reasons, m.labels), args.out)
+        refused = sum(r is not None for r in reasons)
+        print(f"{len(texts)} rows -> {args.out}: {len(texts) - refused} scored, {refused} not scored (reason in 'note')",
+              file=sys.stderr)
         return 0
-    for t, l, p in zip(texts, labels, probs):
-        if args.json: print(json.dumps({"text": t, "label": l, "confidence": round(float(p.max()), 6),
-                                        "scores": {n: round(float(s), 6) for n, s in zip(m.labels, p)}}, ensure_ascii=False))
-        else: print(f"{l}\t{p.max():.3f}\t{t}")
+    for line in printed_rows(texts, probs, reasons, m.labels, args.json): print(line)
     return 0
 
 # %% ../nbs/13_cli.ipynb #9b8b0898

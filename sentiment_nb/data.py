@@ -14,7 +14,7 @@ from .core import package_file, read_json, resolve_path, write_json, use_offline
 
 # %% auto #0
 __all__ = ['BUILTIN_DATASETS', 'TABLE_READERS', 'table_suffix', 'read_table', 'load_builtin_dataset', 'select_text_and_label',
-           'load_hub_dataset', 'load_raw_dataset', 'default_class_names', 'label_key', 'map_labels',
+           'load_hub_dataset', 'load_raw_dataset', 'label_key', 'is_missing_label', 'default_class_names', 'map_labels',
            'load_labeled_dataset', 'clean_text', 'clean_and_dedupe', 'check_split_sizes', 'split_stratified',
            'check_no_leakage', 'stratified_sample', 'splits_hash', 'save_splits', 'load_splits', 'prepare_splits']
 
@@ -95,30 +95,47 @@ def load_raw_dataset(dataset: str, text_column: str = "text", label_column: str 
     return select_text_and_label(load_hub_dataset(dataset), text_column, label_column, f"hub dataset '{dataset}'")
 
 # %% ../nbs/01_preprocessing.ipynb #6dc9ace8
-def default_class_names(dataset: str, labels: pd.Series, label_mapping: dict) -> list[str]:
-    "Class names in id order: the built-in dataset's, the mapping's targets, or the sorted labels."
-    if dataset in BUILTIN_DATASETS: return list(BUILTIN_DATASETS[dataset]["class_names"])
-    names = list(dict.fromkeys(label_mapping.values())) if label_mapping else labels.unique().tolist()
-    return [str(n) for n in sorted(names, key=str)]
-
 def label_key(value: Any) -> str:
     "A label as a string, with `5`, `5.0` and `'5.0'` all read as `'5'` (CSV and JSON mix these)."
     text = str(value).strip()
     return text[:text.index(".")] if re.fullmatch(r"-?\d+\.0*", text) else text
 
+def is_missing_label(value: Any) -> bool:
+    "Whether a raw label is missing: None, NaN, NA or an empty (or blank) string."
+    if isinstance(value, str): return not value.strip()
+    return pd.api.types.is_scalar(value) and bool(pd.isna(value))
+
+def default_class_names(dataset: str, labels: pd.Series, label_mapping: dict) -> list[str]:
+    "Class names in id order: the built-in dataset's, the mapping's targets, or the sorted labels (as `label_key` reads them)."
+    if dataset in BUILTIN_DATASETS: return list(BUILTIN_DATASETS[dataset]["class_names"])
+    names = label_mapping.values() if label_mapping else [v for v in labels if not is_missing_label(v)]
+    return sorted(dict.fromkeys(label_key(n) for n in names))
+
 def map_labels(df: pd.DataFrame, class_names: list[str], label_mapping: dict | None = None) -> pd.DataFrame:
-    "Add `label_name` and integer `label` columns; raise on labels outside the mapping or class names."
-    mapping = {label_key(k): str(v) for k, v in (label_mapping or {}).items()}
+    "Add `label_name` and integer `label` columns; raise on missing labels and on labels outside the mapping or class names."
+    missing = df["label"].map(is_missing_label).to_numpy()
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise ValueError(f"row {row} has no label (empty or NaN; {int(missing.sum())} rows without a label): "
+                         f"fill or drop them, every row needs one of the classes")
+    mapping = {label_key(k): label_key(v) for k, v in (label_mapping or {}).items()}
     raw = df["label"].map(label_key)
-    names = raw.map(lambda v: mapping.get(v, v)) if mapping else raw
-    label2id = {n: i for i, n in enumerate(class_names)}
-    unknown = ~names.isin(label2id)
+    keys = raw.map(lambda v: mapping.get(v, v)) if mapping else raw
+    label2id = {}
+    for i, n in enumerate(class_names):
+        if label2id.setdefault(label_key(n), i) != i:
+            raise ValueError(f"class_names {list(class_names)} name one class twice ('{n}' is read as '{label_key(n)}')")
+    unknown = ~keys.isin(label2id)
     if unknown.any():
         row = int(np.flatnonzero(unknown.to_numpy())[0])
-        known = f"label_mapping_dict {mapping}" if mapping else f"class_names {class_names}"
-        raise ValueError(f"label '{df['label'].iloc[row]}' in row {row} is not in {known} "
+        value, key = df["label"].iloc[row], keys.iloc[row]
+        read = "" if str(value).strip() == key else f" (read as '{key}')"
+        known = f"label_mapping_dict {mapping}" if mapping and raw.iloc[row] not in mapping else \
+            f"class_names {[label_key(n) for n in class_names]}"
+        raise ValueError(f"label '{value}'{read} in row {row} is not in {known} "
                          f"({int(unknown.sum())} rows with unknown labels)")
-    return df.assign(label_name=names.to_numpy(), label=names.map(label2id).astype("int64").to_numpy())
+    ids = keys.map(label2id).astype("int64").to_numpy()
+    return df.assign(label_name=[str(class_names[i]) for i in ids], label=ids)
 
 # %% ../nbs/01_preprocessing.ipynb #6412815a
 def load_labeled_dataset(dataset: str, text_column: str = "text", label_column: str = "label",

@@ -12,8 +12,7 @@ import seaborn as sns
 
 # %% auto #0
 __all__ = ['STOP_WORDS', 'class_balance', 'words_of', 'text_lengths', 'length_summary', 'word_counts_per_class',
-           'top_words_per_class', 'text_quality', 'examples_per_class', 'plot_class_balance', 'plot_lengths',
-           'plot_top_words']
+           'top_words_per_class', 'examples_per_class', 'plot_class_balance', 'plot_lengths', 'plot_top_words']
 
 # %% ../nbs/00_eda.ipynb #70d7b814
 def class_balance(df: pd.DataFrame, column: str = "label_name") -> pd.DataFrame:
@@ -65,15 +64,6 @@ def top_words_per_class(df: pd.DataFrame, n: int = 15, min_count: int = 5, stop_
         best = sorted(lift, key=lambda w: (-lift[w], w))[:n]
         rows += [{"class": cls, "word": w, "count": c[w], "rate_gap": round(lift[w] * 1000, 2)} for w in best]
     return pd.DataFrame(rows, columns=["class", "word", "count", "rate_gap"])
-
-# %% ../nbs/00_eda.ipynb #c94ed7fa
-def text_quality(df: pd.DataFrame) -> dict:
-    "Counts of empty texts, duplicate rows and duplicated texts whose labels disagree."
-    text = df["text"].fillna("").astype(str).str.strip()
-    dups = df.assign(text=text)[text.duplicated(keep=False) & (text != "")]
-    return {"rows": len(df), "empty_texts": int((text == "").sum()),
-            "duplicate_rows": int(text.duplicated().sum() - max(int((text == "").sum()) - 1, 0)),
-            "duplicated_texts_with_conflicting_labels": int(dups.groupby("text")["label_name"].nunique().gt(1).sum())}
 
 # %% ../nbs/00_eda.ipynb #b8a502b5
 def examples_per_class(df: pd.DataFrame, n: int = 3, seed: int = 0) -> pd.DataFrame:

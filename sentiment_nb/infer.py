@@ -16,13 +16,13 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'MODEL_INPUT_NAMES', 'FUSABLE_MODEL_TYPES', 'PROBE_TEXTS', 'EXPORT_RECIPE',
-           'ONNX_FILES', 'parse_s3_source', 'newest_model_dir', 'resolve_model_dir', 'cpuinfo_field', 'cpu_has',
-           'machine_description', 'resolve_variant', 'load_text_encoder', 'pad_batch', 'length_sorted_batches',
-           'softmax', 'load_torch_classifier', 'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session',
-           'probe_inputs', 'max_logit_gap', 'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export',
-           'export_onnx', 'quantize_onnx', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path',
-           'unscorable_reason', 'SentimentModel', 'config_labels', 'load_model', 'predict_proba', 'predict',
-           'predict_proba_chunked']
+           'ONNX_FILES', 'parse_s3_source', 'newest_model_dir', 'resolve_model_dir', 'safetensors_problem',
+           'check_model_files', 'cpuinfo_field', 'cpu_has', 'machine_description', 'resolve_variant',
+           'load_text_encoder', 'pad_batch', 'length_sorted_batches', 'softmax', 'load_torch_classifier',
+           'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session', 'probe_inputs', 'max_logit_gap',
+           'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export', 'export_onnx', 'quantize_onnx',
+           'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path', 'unscorable_reason', 'SentimentModel',
+           'config_labels', 'training_summary', 'load_model', 'predict_proba', 'predict', 'predict_proba_chunked']
 
 # %% ../nbs/11_infer.ipynb #eee96783
 def parse_s3_source(source: str) -> tuple[str, str, str]:
@@ -50,6 +50,38 @@ def resolve_model_dir(source: str | Path | None = None, reports_dir: str | Path 
         if (cand / "config.json").exists(): return cand
     raise FileNotFoundError(f"no model at '{source}': expected a folder with config.json, a run id under "
                             f"{resolve_path(reports_dir)}/, or s3://bucket/prefix[#run-id]")
+
+# %% ../nbs/11_infer.ipynb #0f549975
+def safetensors_problem(path: str | Path) -> str | None:
+    "What is wrong with a safetensors file (too short, a broken header, truncated), or None when its size is right."
+    import json
+    size = Path(path).stat().st_size
+    if size < 8: return f"{size} bytes, too short for a safetensors file"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if 8 + n > size: return f"its header claims {n} bytes but the file has {size}: truncated"
+        try: header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as e: return f"its header is not valid JSON ({e})"
+    if not isinstance(header, dict): return "its header is not a mapping of tensors"
+    try: end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError): return "its header has tensors without data offsets"
+    if 8 + n + end != size: return f"{size} bytes where its header describes {8 + n + end}: truncated or damaged"
+    return None
+
+def check_model_files(model_dir: str | Path) -> None:
+    "Raise FileNotFoundError/ValueError naming the folder and file when a model folder cannot load."
+    d = Path(model_dir)
+    try: read_json(d / "config.json")
+    except ValueError as e: raise ValueError(f"model folder {d}: config.json is not valid JSON ({e})") from e
+    weights = sorted(d.glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"model folder {d} has no weights: model.safetensors is missing (a saved model has "
+                                f"config.json, model.safetensors and tokenizer.json)")
+    for w in weights:
+        if problem := safetensors_problem(w):
+            raise ValueError(f"model folder {d}: {w.name} is broken ({problem}); copy or pull the model again")
+    if not any((d / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"model folder {d} has no tokenizer: tokenizer.json is missing")
 
 # %% ../nbs/11_infer.ipynb #ca22fa74
 VARIANTS = ("fp32", "bf16", "int8", "onnx", "onnx-int8")
@@ -82,7 +114,9 @@ def load_text_encoder(model_dir: str | Path, max_length: int):
     "The model's Rust tokenizer, truncating at `max_length` tokens and never padding."
     from tokenizers import Tokenizer
     path = Path(model_dir) / "tokenizer.json"
-    if path.exists(): enc = Tokenizer.from_file(str(path))
+    if path.exists():
+        try: enc = Tokenizer.from_file(str(path))
+        except Exception as e: raise ValueError(f"{path} is not a readable tokenizer file: {e}") from e
     else:
         from transformers import AutoTokenizer
         enc = AutoTokenizer.from_pretrained(model_dir).backend_tokenizer
@@ -335,13 +369,19 @@ def config_labels(config: dict) -> list[str]:
     id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
     return [id2label[str(i)] for i in range(len(id2label))]
 
+def training_summary(model_dir: str | Path) -> dict:
+    "The `training_summary.json` of a model folder (run id, parameters), {} when it has none."
+    path = Path(model_dir) / "training_summary.json"
+    return read_json(path) if path.exists() else {}
+
 def load_model(source: str | Path | None = None, max_length: int | None = None, threads: int | None = None,
                variant: str = "fp32", cache_dir: str | Path | None = None) -> SentimentModel:
-    "Load a trained model from a folder, a run id or S3 (None: the newest run's) as one variant."
+    "Load a trained model from a folder, a run id or S3 (None: the newest run's) as one variant; a broken folder is named."
     d, variant = resolve_model_dir(source), resolve_variant(variant)
+    check_model_files(d)
     config = read_json(d / "config.json")
     labels = config_labels(config)
-    summary = read_json(d / "training_summary.json") if (d / "training_summary.json").exists() else {}
+    summary = training_summary(d)
     length = int(max_length or summary.get("params", {}).get("max_input_length") or 128)
     if variant.startswith("onnx"):
         session = onnx_session(onnx_model_path(d, variant, cache_dir), threads)

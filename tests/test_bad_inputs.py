@@ -146,7 +146,7 @@ def tiny_splits(tmp_path_factory):
 @pytest.mark.parametrize("name,value,fragment", [
     ("batch_size", "0", "batch_size=0 must be >= 1"),
     ("learning_rate", "-0.001", "learning_rate=-0.001 must be > 0"),
-    ("n_epochs", "0", "n_epochs=0 must be > 0"),
+    ("n_epochs", "0", "training parameter n_epochs=0"),   # 0 or 0.0: n_epochs is declared a float
 ])
 def test_runner_refuses_bad_training_values_before_training(tmp_path, tiny_splits, name, value, fragment):
     proc = run_cli("run", "--stages", "02", "--reports-dir", tmp_path, "--run-id", "bad", "-p", "processed_dir",
@@ -157,11 +157,66 @@ def test_runner_refuses_bad_training_values_before_training(tmp_path, tiny_split
 
 
 def test_cli_predict_scores_odd_texts_from_a_file(tmp_path, untrained_model):
+    "Odd texts are scored; empty ones (the rule of `infer.unscorable_reason`, as the API's 422) keep their row unscored."
     odd = ["", "   ", "nul\x00byte", "loved it 😍🎬", "סרט מצוין", "<b>bold</b> &amp; brash", "long review " * 90_000]
     pd.DataFrame({"text": odd}).to_csv(tmp_path / "odd.csv", index=False)
     proc = run_cli("predict", "--file", tmp_path / "odd.csv", "--out", tmp_path / "scored.csv",
                    "--model", untrained_model, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scored = pd.read_csv(tmp_path / "scored.csv", keep_default_na=False)
-    assert len(scored) == len(odd) and set(scored["label"]) <= {"negative", "positive"}
-    assert scored["confidence"].between(0, 1).all()
+    assert len(scored) == len(odd)
+    assert scored["label"].tolist()[:2] == ["", ""] and set(scored["note"][:2]) == {"empty or only whitespace"}
+    assert set(scored["label"][2:]) <= {"negative", "positive"} and set(scored["note"][2:]) == {""}
+    assert scored["confidence"][2:].astype(float).between(0, 1).all()
+
+
+def test_float_labels_without_a_mapping_are_their_ints(tmp_path):
+    "A label column pandas wrote as 1.0/0.0 (an int column that had a NaN) gives the classes '0' and '1'."
+    rows = reviews().assign(label=[i % 2 for i in range(40)]).astype({"label": float})
+    _, meta = prepare_splits(str(write(tmp_path / "f.csv", rows)), processed_dir=tmp_path / "p")
+    assert meta["id2label"] == {"0": "0", "1": "1"} and sum(meta["splits"].values()) == 40
+    mixed = rows.assign(label=["1", 0, 1.0, "0.0"] * 10)
+    _, meta = prepare_splits(str(write(tmp_path / "m.jsonl", mixed)), processed_dir=tmp_path / "p2")
+    assert meta["id2label"] == {"0": "0", "1": "1"}
+    with pytest.raises(ValueError) as info:                    # the NaN itself: named, not a class of its own
+        prepare_splits(str(write(tmp_path / "n.csv", rows.assign(label=[1.0, None] * 20))), processed_dir=tmp_path / "p3")
+    assert "row 1 has no label (empty or NaN; 20 rows without a label)" in str(info.value)
+    with pytest.raises(ValueError) as info:                    # a label outside: the message compares like with like
+        prepare_splits(str(write(tmp_path / "o.csv", rows)), class_names=["0", "2"], processed_dir=tmp_path / "p4")
+    assert "label '1.0' (read as '1') in row 1 is not in class_names ['0', '2']" in str(info.value)
+
+
+def null_and_empty_texts(n=100):
+    "Reviews where some texts are null, empty or only whitespace."
+    texts = [None if i % 10 == 3 else "" if i % 10 == 5 else "  " if i % 10 == 7 else f"review {i} was {'great' if i % 2 else 'awful'}"
+             for i in range(n)]
+    return reviews(n).assign(text=texts)
+
+
+def test_eda_and_preprocessing_share_one_cleaning_rule(tmp_path):
+    "Stage 00's functions on null and empty texts: they go the way 01 drops them (01's own clean_and_dedupe), no crash."
+    from transformers import AutoTokenizer
+    from sentiment_nb.core import embedded_model_path
+    from sentiment_nb.data import clean_and_dedupe, load_labeled_dataset
+    from sentiment_nb.eda import class_balance, examples_per_class, text_lengths, top_words_per_class
+    for path in (write(tmp_path / "nulls.jsonl", null_and_empty_texts()), write(tmp_path / "nulls.csv", null_and_empty_texts())):
+        raw, names, _ = load_labeled_dataset(str(path))
+        kept, quality = clean_and_dedupe(raw)
+        assert quality["rows_in"] == 100 and quality["dropped_short"] == 30 and len(kept) == 70, (path.name, quality)
+        lengths = text_lengths(kept, AutoTokenizer.from_pretrained(embedded_model_path()))
+        assert len(lengths) == 70 and lengths["tokens"].min() > 2
+        assert class_balance(kept)["rows"].sum() == 70 and len(examples_per_class(kept)) == 6
+        assert not top_words_per_class(kept, min_count=1).empty
+        splits, meta = prepare_splits(str(path), processed_dir=tmp_path / path.stem)
+        assert sum(meta["splits"].values()) == len(kept) and meta["source"]["cleaning"] == quality
+
+
+def test_stage_00_runs_on_null_texts(tmp_path):
+    path = write(tmp_path / "nulls.jsonl", null_and_empty_texts())
+    proc = run_cli("run", "--stages", "00", "--reports-dir", tmp_path / "reports", "--run-id", "nulls",
+                   "-p", "dataset", path, "-p", "max_rows_for_tokens", "50", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "reports" / "nulls" / "manifest.json").read_text())
+    assert manifest["status"] == "ok", manifest
+    headline = json.loads((tmp_path / "reports" / "nulls" / "summaries" / "00_eda.json").read_text())["headline"]
+    assert (headline["rows"], headline["rows after cleaning"], headline["dropped_short"]) == (100, 70, 30), headline

@@ -25,6 +25,7 @@ def scores_fp32(untrained_model):
 def test_text_arguments_print_label_and_confidence(untrained_model, scores_fp32):
     texts, probs = scores_fp32
     proc = run_cli("predict", *texts, "--model", untrained_model, "--variant", "fp32", timeout=300, check=True)
+    assert f"model: run untrained at {untrained_model} (fp32)" in proc.stderr    # which model answers
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 3, proc.stdout
     for line, text, p in zip(lines, texts, probs):
@@ -47,8 +48,9 @@ def test_stdin_lines_with_the_default_variant(untrained_model, scores_fp32):
     proc = run_cli_stdin("\n".join(texts) + "\n\n", "predict", "-", "--model", untrained_model, "--json")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(l) for l in proc.stdout.splitlines()]
-    assert [r["text"] for r in rows] == texts                  # the blank line is skipped
-    onnx = np.array([[r["scores"]["negative"], r["scores"]["positive"]] for r in rows])
+    assert [r["text"] for r in rows] == texts + [""]           # the blank line keeps its row, unscored
+    assert rows[3] == {"text": "", "label": None, "confidence": None, "scores": None, "error": "empty or only whitespace"}
+    onnx = np.array([[r["scores"]["negative"], r["scores"]["positive"]] for r in rows[:3]])
     assert np.abs(onnx - probs).max() < 0.1                    # auto (ONNX int8) agrees with fp32
 
 
@@ -57,12 +59,15 @@ def test_file_scored_in_batches_keeps_its_columns(untrained_model, tmp_path):
     pd.DataFrame({"id": range(7), "review": ["great", "awful", None, "fine", "so-so", "bad " * 100, "ok"]}).to_csv(src, index=False)
     proc = run_cli("predict", "--file", src, "--column", "review", "--out", out, "--model", untrained_model,
                    "--variant", "onnx", "--batch-size", "2", timeout=600, check=True)
-    scored = pd.read_csv(out)
-    assert list(scored.columns) == ["id", "review", "label", "confidence", "p_negative", "p_positive"]
+    scored = pd.read_csv(out, keep_default_na=False)
+    assert list(scored.columns) == ["id", "review", "label", "confidence", "p_negative", "p_positive", "note"]
     assert scored["id"].tolist() == list(range(7))
-    np.testing.assert_allclose(scored[["p_negative", "p_positive"]].sum(axis=1), 1, atol=1e-5)
-    assert set(scored["label"]) <= {"negative", "positive"}
-    assert "7 rows scored" in proc.stderr and "scoring (onnx)" in proc.stderr     # summary and progress bar
+    ok = scored.drop(index=2)                                  # row 2 had no review: kept, not scored
+    np.testing.assert_allclose(ok[["p_negative", "p_positive"]].astype(float).sum(axis=1), 1, atol=1e-5)
+    assert set(ok["label"]) <= {"negative", "positive"} and set(ok["note"]) == {""}
+    assert scored.loc[2, ["label", "confidence", "p_negative", "note"]].tolist() == ["", "", "", "empty or only whitespace"]
+    assert f"7 rows -> {out}: 6 scored, 1 not scored" in proc.stderr and "scoring (onnx)" in proc.stderr
+    assert f"model: run untrained at {untrained_model} (onnx)" in proc.stderr
 
 
 def test_newest_run_is_the_default_model(untrained_model, tmp_path):
@@ -76,16 +81,19 @@ def test_newest_run_is_the_default_model(untrained_model, tmp_path):
     (["--file", "{tmp}/missing.csv"], "--file {tmp}/missing.csv does not exist"),
     (["--file", "{tmp}/in.csv", "--column", "body"], "column 'body' not in {tmp}/in.csv; its columns are ['text']"),
     (["great", "--out", "{tmp}/out.txt"], "unknown format '.txt'"),
+    (["great", "--out", "{tmp}/no/out.csv"], "--out {tmp}/no/out.csv: the folder {tmp}/no does not exist"),
+    (["great", "--out", "{tmp}/dir.csv"], "--out {tmp}/dir.csv is a folder: expected a file path"),
     ([], "nothing to score"),
     (["great", "--reports-dir", "{tmp}/no-reports"], "no model found under"),
     (["great", "--model", "{tmp}/no-model"], "no model at"),
 ])
 def test_bad_input_names_the_problem(untrained_model, tmp_path, args, message):
     pd.DataFrame({"text": ["a"]}).to_csv(tmp_path / "in.csv", index=False)
+    (tmp_path / "dir.csv").mkdir()
     args = [a.format(tmp=tmp_path) for a in args]
     if "--reports-dir" not in args and "--model" not in args: args += ["--model", str(untrained_model)]
     proc = run_cli("predict", *args, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert message.format(tmp=tmp_path) in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "model: run" not in proc.stderr     # refused before the model loads
     assert not (tmp_path / "out.txt").exists()
