@@ -2,7 +2,7 @@
 
 # %% ../nbs/01_preprocessing.ipynb #f51e57d0
 from __future__ import annotations
-import hashlib, html, re, unicodedata
+import hashlib, html, os, re, unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -222,9 +222,11 @@ def splits_hash(splits: dict[str, pd.DataFrame]) -> str:
     return h.hexdigest()
 
 def save_splits(splits: dict[str, pd.DataFrame], out_dir: str | Path, class_names: list[str], source: dict) -> dict:
-    "Write `<split>.parquet` files and `splits.json`; return the description written."
+    "Write `<split>.parquet` files (each through a temp file and a rename) and then `splits.json`; return the description."
     out = resolve_path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    for name, part in splits.items(): part[["text", "label", "label_name"]].to_parquet(out / f"{name}.parquet", index=False)
+    for name, part in splits.items():   # each file whole or not at all; splits.json (with the hash) last
+        tmp = out / f".{name}.parquet.tmp-{os.getpid()}"
+        part[["text", "label", "label_name"]].to_parquet(tmp, index=False); os.replace(tmp, out / f"{name}.parquet")
     meta = {"splits": {n: len(p) for n, p in splits.items()},
             "class_counts": {n: {class_names[i]: int(c) for i, c in p["label"].value_counts().sort_index().items()}
                              for n, p in splits.items()},
