@@ -100,21 +100,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processed-dir", default=None, help="splits folder (default: data/accuracy/<recipe>)")
     ap.add_argument("--reports-dir", default="reports", help="where the per-seed run folders go")
     ap.add_argument("--no-save", action="store_true", help="print only, append nothing to accuracy.jsonl")
+    ap.add_argument("--stamp", default=None, help="continue the bench of this time stamp (in its run ids): seeds whose "
+                                                  "run finished are read back, not trained again, and 01 is not rerun")
     args = ap.parse_args(argv)
     params_file = args.params_file or f"params/{args.recipe}.yaml"
     if not (ROOT / params_file).exists() and not Path(params_file).exists(): ap.error(f"no parameters file {params_file}")
     processed = args.processed_dir or f"data/accuracy/{args.recipe}"
     base = ["run", "-f", params_file, "--reports-dir", args.reports_dir, "-p", "processed_dir", processed,
             "-p", "push_model_s3.enabled", "false"] + [x for p in args.param for x in ("-p", *p)]
-    stamp, load = time.strftime("%Y%m%d-%H%M%S"), os.getloadavg()
+    stamp, load = args.stamp or time.strftime("%Y%m%d-%H%M%S"), os.getloadavg()
     logs = ROOT / args.reports_dir / f"accuracy-{args.recipe}-{stamp}-logs"; logs.mkdir(parents=True, exist_ok=True)
-    print(f"splits (stage 01) -> {processed}", flush=True)
-    sentiment_nb(base + ["--stages", "01", "--run-id", f"accuracy-{args.recipe}-{stamp}-splits"], logs / "01.log")
+    if not args.stamp:
+        print(f"splits (stage 01) -> {processed}", flush=True)
+        sentiment_nb(base + ["--stages", "01", "--run-id", f"accuracy-{args.recipe}-{stamp}-splits"], logs / "01.log")
     per_seed = []
     for seed in args.seeds:
         run_id = f"accuracy-{args.recipe}-s{seed}-{stamp}"
-        t0 = time.time()
-        sentiment_nb(base + ["--stages", "02,03", "--run-id", run_id, "-p", "seed", str(seed)], logs / f"seed{seed}.log")
+        t0, done = time.time(), (ROOT / args.reports_dir / run_id / "metrics.json").exists()
+        if done: print(f"seed {seed}: finished earlier in {run_id}, read back", flush=True)
+        elif args.stamp and (ROOT / args.reports_dir / run_id).exists():   # a killed run: continue it from its stage
+            sentiment_nb(["run", "--resume", run_id, "--reports-dir", args.reports_dir], logs / f"seed{seed}.resume.log")
+        else:
+            sentiment_nb(base + ["--stages", "02,03", "--run-id", run_id, "-p", "seed", str(seed)], logs / f"seed{seed}.log")
         per_seed.append(seed_figures(ROOT / args.reports_dir / run_id))
         print(f"seed {seed}: test {pct(per_seed[-1]['test_accuracy'])} % in {time.time() - t0:.0f} s", flush=True)
     row = summary_row(args.recipe, params_file, args.param, args.seeds, per_seed, load)
