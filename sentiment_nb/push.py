@@ -15,9 +15,9 @@ __all__ = ['PUSH_DEFAULTS', 'LOWER_IS_BETTER', 'AUTH_CODES', 'NOT_FOUND_CODES', 
            'push_settings', 'check_condition_metrics', 'condition_results', 's3_client', 'error_code', 'is_transient',
            'explain_s3_error', 'with_retries', 'check_credentials', 'sha256_bytes', 'remote_matches', 'upload_verified',
            'bucket_exists', 'ensure_bucket', 'check_push_ready', 'port_is_free', 'free_ports', 'weed_binary',
-           'LocalS3Server', 'local_s3_server', 's3_key', 'run_files', 'push_model', 'check_relative_key',
-           'default_cache_dir', 'local_copy_verified', 'read_object', 'download_verified', 'resolve_run', 'pull_model',
-           'push_run_id', 'push_if_conditions_hold', 'raise_if_push_failed', 'model_card']
+           'read_one_object_per_bucket', 'LocalS3Server', 'local_s3_server', 's3_key', 'run_files', 'push_model',
+           'check_relative_key', 'default_cache_dir', 'local_copy_verified', 'read_object', 'download_verified',
+           'resolve_run', 'pull_model', 'push_run_id', 'push_if_conditions_hold', 'raise_if_push_failed', 'model_card']
 
 # %% ../nbs/14_push.ipynb #09e0d86c
 PUSH_DEFAULTS = {"enabled": False, "conditions": [], "bucket_name": "", "prefix": "sentiment-nb", "endpoint_url": "",
@@ -245,6 +245,12 @@ def weed_binary() -> str:
     return found
 
 # %% ../nbs/14_push.ipynb #5e2d31c3
+def read_one_object_per_bucket(client) -> None:
+    "List the buckets and read one stored object of each: a restarted `weed mini` lists before its volumes serve reads."
+    for bucket in client.list_buckets().get("Buckets", []):
+        objects = client.list_objects_v2(Bucket=bucket["Name"], MaxKeys=1).get("Contents", [])
+        if objects: client.get_object(Bucket=bucket["Name"], Key=objects[0]["Key"])["Body"].read()
+
 class LocalS3Server:
     "A SeaweedFS S3 server on 127.0.0.1 with its data in `data_dir`; `with` starts and stops it."
     def __init__(self, data_dir: str | Path = "data/s3", port: int | None = None, access_key: str | None = None,
@@ -301,11 +307,11 @@ class LocalS3Server:
                 (self.data_dir / ".ports.json").unlink(missing_ok=True)   # a saved port was taken meanwhile: take fresh ones
 
     def wait_ready(self) -> None:
-        "Poll until ListBuckets succeeds; raise with the log's tail when the server exits or times out."
+        "Poll until ListBuckets succeeds and stored data reads back; raise with the log's tail when the server exits or times out."
         client, deadline, last = self.client(), time.time() + self.timeout_s, None
         while time.time() < deadline:
             if self.process.poll() is not None: break
-            try: client.list_buckets(); return
+            try: read_one_object_per_bucket(client); return
             except Exception as e: last = e; time.sleep(0.2)
         tail = (self.data_dir / "weed.log").read_text(errors="replace")[-2000:]
         self.stop()
