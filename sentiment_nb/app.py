@@ -21,13 +21,16 @@ from .core import csv_safe, read_json, resolve_path, use_offline_hub
 log = logging.getLogger("sentiment_nb.app")
 
 # %% auto #0
-__all__ = ['log', 'LOG_SCHEMA', 'LOG_COLUMNS', 'NOT_UPLOADED', 'EXAMPLES', 'CARD_PARAMS', 'FILE_ROUTES', 'InputError',
+__all__ = ['log', 'LOG_SCHEMA', 'LOG_COLUMNS', 'NOT_UPLOADED', 'TEXT_COLUMN_NAMES', 'EXAMPLES', 'GENERIC_EXAMPLES',
+           'MOVIE_DATASETS', 'ENGLISH_MODELS', 'CARD_PARAMS', 'LOG_VIEW_COLUMNS', 'FILE_ROUTES', 'InputError',
            'clean_text', 'texts_from_payload', 'open_log_db', 'PredictionLog', 'text_hash', 'prediction_rows',
-           'run_id_of', 'ModelSlot', 'score_and_log', 'read_uploaded', 'read_upload_csv', 'texts_of_column',
-           'write_scored_csv', 'batch_summary', 'metrics_table', 'evaluation_artifacts', 'DemoSettings',
-           'basic_auth_from_env', 'basic_auth_ok', 'model_card', 'model_tab_values', 'build_blocks', 'read_body',
-           'parse_json_body', 'build_api', 'servable_file', 'UploadsOnly', 'Demo', 'free_port', 'share_link',
-           'RunningDemo', 'check_port', 'start_demo', 'wait_until_ready', 'check_demo', 'serve_demo']
+           'run_id_of', 'ModelSlot', 'score_and_log', 'read_uploaded', 'read_upload_csv', 'is_numeric_column',
+           'pick_text_column', 'column_to_score', 'texts_of_column', 'write_scored_csv', 'batch_summary',
+           'metrics_table', 'evaluation_artifacts', 'DemoSettings', 'basic_auth_from_env', 'basic_auth_ok',
+           'dataset_of', 'demo_texts', 'demo_texts_of', 'model_card', 'model_tab_values', 'log_view', 'build_blocks',
+           'read_body', 'parse_json_body', 'build_api', 'servable_file', 'UploadsOnly', 'Demo', 'free_port',
+           'share_link', 'RunningDemo', 'check_port', 'start_demo', 'wait_until_ready', 'check_demo', 'run_demo',
+           'serve_demo']
 
 # %% ../nbs/04_demo.ipynb #2b97300b
 class InputError(ValueError):
@@ -146,8 +149,9 @@ class ModelSlot:
 
     def __init__(self, source: str | Path, loader: Callable[[], infer.SentimentModel] | None = None,
                  idle_unload_minutes: float = 0, batch_size: int = 32, max_batch_texts: int = 512,
-                 variant: str = "fp32"):
+                 variant: str = "fp32", long_text: str = "first"):
         self.source, self.batch_size, self.max_batch_texts = str(source), batch_size, max_batch_texts
+        self.long_text = infer.check_long_text(long_text)
         self.loader = loader or (lambda: infer.load_model(self.source, variant=variant))
         self.idle_s = idle_unload_minutes * 60
         self.model: infer.SentimentModel | None = None
@@ -200,7 +204,9 @@ class ModelSlot:
     def _predict(self, texts: list[str]) -> tuple[list[dict], float]:
         "Predictions for texts in one call and the model milliseconds."
         t0 = time.perf_counter()
-        try: return (infer.predict(self.model, texts, self.batch_size) if texts else []), (time.perf_counter() - t0) * 1000
+        try:
+            preds = infer.predict(self.model, texts, self.batch_size, self.long_text) if texts else []
+            return preds, (time.perf_counter() - t0) * 1000
         finally: self.last_used = time.monotonic()
 
     def _score_jobs(self, jobs: list) -> None:
@@ -244,13 +250,14 @@ class ModelSlot:
 # %% ../nbs/04_demo.ipynb #05a45e67
 async def score_and_log(slot: ModelSlot, plog: PredictionLog, texts: Sequence[str], truncated: Sequence[bool],
                         source: str) -> tuple[list[dict], float]:
-    "Predictions (with request ids) for texts once they are committed to the log, and the model milliseconds."
+    "Predictions (with request ids) once committed to the log, and the model ms; `truncated`: characters or tokens were cut."
     t0 = time.perf_counter()
     preds, model_ms = await asyncio.wrap_future(slot.score(texts))
-    rows = prediction_rows(texts, preds, truncated, source, slot.run_id, (time.perf_counter() - t0) * 1000)
+    cut = [bool(c) or p["tokens_truncated"] for p, c in zip(preds, truncated)]
+    rows = prediction_rows(texts, preds, cut, source, slot.run_id, (time.perf_counter() - t0) * 1000)
     await asyncio.wrap_future(plog.submit(rows))
-    return [{**p, "truncated": bool(c), "request_id": r["request_id"]}
-            for p, c, r in zip(preds, truncated, rows)], model_ms
+    return [{**p, "truncated": c, "chars_truncated": bool(ch), "request_id": r["request_id"]}
+            for p, c, ch, r in zip(preds, cut, truncated, rows)], model_ms
 
 # %% ../nbs/04_demo.ipynb #2e2cc164
 NOT_UPLOADED = "the file was not uploaded through this page: choose the CSV in the upload box"
@@ -285,6 +292,29 @@ def read_upload_csv(path: str | Path, upload_dir: str | Path, max_bytes: int, ma
     if len(df) > max_rows: raise InputError(f"the file has {len(df)} rows, the limit is {max_rows}", 413)
     return df
 
+TEXT_COLUMN_NAMES = ("text", "review", "reviews", "comment", "comments", "sentence", "content", "body", "message",
+                     "tweet", "description", "feedback", "opinion")
+
+def is_numeric_column(cells: pd.Series) -> bool:
+    "Whether every filled cell of a column reads as a number (an id, a score, a count)."
+    filled = cells.fillna("").astype(str).str.strip()
+    filled = filled[filled != ""]
+    return bool(len(filled)) and bool(pd.to_numeric(filled, errors="coerce").notna().all())
+
+def pick_text_column(df: pd.DataFrame) -> str | None:
+    "The column a person would score: a text-like name (`text`, `review`, ...) else the longest texts; never numbers."
+    texts = [c for c in df.columns if not is_numeric_column(df[c]) and df[c].fillna("").astype(str).str.strip().ne("").any()]
+    by_name = {str(c).strip().lower(): c for c in reversed(texts)}
+    named = next((by_name[n] for n in TEXT_COLUMN_NAMES if n in by_name), None)
+    return named if named is not None else max(texts, key=lambda c: df[c].fillna("").astype(str).str.len().mean(), default=None)
+
+def column_to_score(df: pd.DataFrame, column: str | None) -> str:
+    "The column chosen by the user, else `pick_text_column`'s; an InputError when no column holds text."
+    if column: return column
+    if (picked := pick_text_column(df)) is not None: return picked
+    raise InputError(f"no column of the CSV holds text (its columns {list(df.columns)} hold only numbers or nothing): "
+                     "choose the text column in 'text column' to score it anyway")
+
 def texts_of_column(df: pd.DataFrame, column: str, max_chars: int
                     ) -> tuple[list[int], list[str], list[bool], list[str | None]]:
     "Positions, texts (cut to `max_chars`) and cut flags of the scorable cells of `column`; every row's reason (None: scorable)."
@@ -297,10 +327,12 @@ def texts_of_column(df: pd.DataFrame, column: str, max_chars: int
 
 def write_scored_csv(df: pd.DataFrame, rows: list[int], preds: list[dict], reasons: Sequence[str | None],
                      out_dir: str | Path, name: str) -> Path:
-    "The CSV plus `label`, `confidence` and `reason` columns, formula-safe, written as `<name>_scored.csv` into `out_dir`."
-    out = df.copy(); out["label"], out["confidence"], out["reason"] = "", float("nan"), [r or "" for r in reasons]
+    "The CSV plus `label`, `confidence`, `truncated` and `reason` columns, formula-safe, as `<name>_scored.csv` in `out_dir`."
+    out = df.copy(); out["label"], out["confidence"], out["truncated"] = "", float("nan"), False
+    out["reason"] = [r or "" for r in reasons]
     out.loc[out.index[rows], "label"] = [p["label"] for p in preds]
     out.loc[out.index[rows], "confidence"] = [round(p["confidence"], 4) for p in preds]
+    out.loc[out.index[rows], "truncated"] = [bool(p.get("truncated")) for p in preds]
     path = Path(tempfile.mkdtemp(dir=out_dir)) / f"{Path(name).stem or 'upload'}_scored.csv"
     csv_safe(out).to_csv(path, index=False); return path
 
@@ -349,6 +381,7 @@ class DemoSettings:
     max_batch_rows: int = 20000
     predict_batch_size: int = 32
     max_body_mb: float = 8.0
+    long_text: str = "first"                # see infer.LONG_TEXT_MODES
 
 def basic_auth_from_env(env: dict | None = None) -> tuple[str, str] | None:
     "(user, password) from SENTIMENT_NB_DEMO_USER / SENTIMENT_NB_DEMO_PASSWORD, None when neither is set."
@@ -374,6 +407,48 @@ EXAMPLES = [
     "The visuals are stunning, but the story is thin and the second half drags.",              # mixed
     "Oh great, another two hours of my life I will never get back. Truly a masterpiece.",      # sarcastic
 ]
+GENERIC_EXAMPLES = [
+    "Absolutely love it: it works perfectly and the support team was wonderful.",              # clearly positive
+    "Terrible. It broke after two days and nobody answered my emails.",                        # clearly negative
+    "The parcel arrived on Tuesday and contained the items listed.",                           # neutral
+    "Great screen, but the battery barely lasts a morning.",                                   # mixed
+    "Oh wonderful, it crashed again. Exactly what I needed today.",                            # sarcastic
+]
+MOVIE_DATASETS = ("rotten_tomatoes",)
+ENGLISH_MODELS = ("all-minilm-l6-v2", "all-mpnet-base-v2", "embedded", "minilm", "mpnet")
+
+def dataset_of(summary: dict) -> str | None:
+    "The dataset a model was trained on: the `splits.json` its training read, if it still holds those splits."
+    d = summary.get("params", {}).get("processed_dir")
+    p = resolve_path(d) / "splits.json" if d else None
+    try: meta = read_json(p) if p and p.is_file() else {}
+    except ValueError: return None
+    same = meta.get("hash") and meta.get("hash") == summary.get("data_hash")
+    return (meta.get("source") or {}).get("dataset") if same else None
+
+def demo_texts(model_dir: str | Path | None) -> dict:
+    "Title, placeholder, examples and language note of the Predict tab, from a model folder's classes and dataset."
+    config = read_json(Path(model_dir) / "config.json") if model_dir else {}
+    labels, summary = (infer.config_labels(config), infer.training_summary(model_dir)) if model_dir else ([], {})
+    dataset = dataset_of(summary)
+    movie = dataset in MOVIE_DATASETS and sorted(labels) == ["negative", "positive"]
+    subject = "movie-review" if movie else (Path(str(dataset)).stem.replace("_", " ") if dataset else "text")
+    examples = EXAMPLES if movie else GENERIC_EXAMPLES
+    base = Path(str(summary.get("model_name") or "embedded")).name.lower()
+    language = ("The model reads **English only** (its encoder was pre-trained on English text): texts in other "
+                "languages get unreliable labels." if base in ENGLISH_MODELS else "")
+    return {"title": f"sentiment_nb · {subject} sentiment" + (f" ({', '.join(labels)})" if labels else ""),
+            "label": "review" if movie else "text",
+            "placeholder": f"Type or paste a {'review' if movie else 'text'}" + (f" to classify as {' / '.join(labels)}" if labels else ""),
+            "examples": examples, "examples_label": "examples: " + ("positive, negative, mixed, sarcastic" if movie else
+                                                                  "positive, negative, neutral, mixed, sarcastic"),
+            "language": language}
+
+def demo_texts_of(source: str) -> dict:
+    "`demo_texts` of a local model source; generic ones for S3 (not pulled here) or a source that does not resolve yet."
+    if str(source).startswith("s3://"): return demo_texts(None)
+    try: return demo_texts(infer.resolve_model_dir(source))
+    except (OSError, ValueError): return demo_texts(None)     # the model slot reports the problem when it loads
 
 CARD_PARAMS = ("model_name", "n_epochs", "batch_size", "learning_rate", "loss", "class_weights", "max_train_samples", "seed")
 
@@ -387,9 +462,13 @@ def model_card(slot: ModelSlot, settings: DemoSettings) -> tuple[str, pd.DataFra
                   f"**runtime**: {m.variant}", f"**max input length**: {m.max_length} tokens"]
         lines += [f"**{k}**: {params[k]}" for k in CARD_PARAMS if k in params]
     if h["error"]: lines.append(f"**load error**: {h['error']}")
-    metrics = settings.metrics_path or (Path(m.model_dir).parent / "metrics.json" if m is not None else "")
-    table, figures = evaluation_artifacts(metrics) if metrics else (pd.DataFrame(), [])
-    if table.empty: lines.append("_no metrics.json from evaluation (03) found for this model_")
+    table, figures = pd.DataFrame(), []
+    if m is not None:
+        metrics = settings.metrics_path or Path(m.model_dir).parent / "metrics.json"
+        report, why = infer.evaluation_of(m.model_dir, m.run_id, metrics)
+        if report is not None: table, figures = evaluation_artifacts(metrics)
+        lines.append(f"_{why}_" if why else f"**evaluation**: `{metrics}` (run `{report.get('model_run_id')}`)")
+        if report is not None and table.empty: lines.append("_its metrics.json holds no metrics_")
     from PIL import Image
     return "  \n".join(lines), table, [(Image.open(f).convert("RGB"), f.stem) for f in figures]
 
@@ -399,10 +478,28 @@ def model_tab_values(slot: ModelSlot, settings: DemoSettings):
     card, table, figures = model_card(slot, settings)
     return card, gr.Dataframe(value=table, visible=not table.empty), gr.Gallery(value=figures, visible=bool(figures))
 
+LOG_VIEW_COLUMNS = ("time", "label", "confidence", "truncated", "text", "source", "run_id", "latency_ms")
+
+def log_view(df: pd.DataFrame, text_chars: int = 160) -> pd.DataFrame:
+    "The Log tab's table: label and confidence first, times to the second, texts cut to `text_chars` at a word."
+    df = df.copy()
+    if "time" in df: df["time"] = df["time"].astype(str).str.slice(0, 19).str.replace("T", " ")
+    df = df.round({"confidence": 3, "latency_ms": 1})
+    if "text" in df:
+        cut = lambda t: t if len(t) <= text_chars else t[:text_chars].rsplit(" ", 1)[0] + " …"
+        df["text"] = df["text"].fillna("").astype(str).map(cut)
+    if "truncated" in df: df["truncated"] = df["truncated"].astype(bool)
+    return df[[c for c in LOG_VIEW_COLUMNS if c in df.columns]]
+
 def build_blocks(slot: ModelSlot, plog: PredictionLog, settings: DemoSettings, out_dir: str | Path,
-                 upload_dir: str | Path):
+                 upload_dir: str | Path, texts: dict | None = None):
     "The Gradio Blocks of the demo: Predict, Batch, Model and Log tabs; only CSVs uploaded into `upload_dir` are read."
     import gradio as gr
+    texts = texts or demo_texts(None)
+
+    def clear_result():
+        "Empty the Predict tab's answer before each try, so that an error never shows an earlier result."
+        return None, ""
 
     async def classify(text: str):
         try: t, cut = clean_text(text, settings.max_text_chars, "the review")
@@ -411,6 +508,10 @@ def build_blocks(slot: ModelSlot, plog: PredictionLog, settings: DemoSettings, o
         try: (p,), model_ms = await score_and_log(slot, plog, [t], [cut], "ui")
         except Exception as e: raise gr.Error(f"the model could not score the text: {e}") from None
         note = f" (cut to the first {settings.max_text_chars} characters)" if cut else ""
+        if p["tokens_truncated"]:
+            note += (f" · **truncated**: only the first {getattr(slot.model, 'max_length', '?')} tokens were read "
+                     "(long_text='windows' reads all of it)")
+        if p["windows"] > 1 and not p["tokens_truncated"]: note += f" · scored as {p['windows']} overlapping windows"
         return p["scores"], (f"**{p['label']}** ({p['confidence']:.1%}) · model {model_ms:.0f} ms, "
                              f"total {(time.perf_counter() - t0) * 1000:.0f} ms · run `{slot.run_id}`{note}")
 
@@ -423,13 +524,15 @@ def build_blocks(slot: ModelSlot, plog: PredictionLog, settings: DemoSettings, o
 
     def columns_of(path):
         if not path: return gr.Dropdown(choices=[], value=None)
-        cols = list(uploaded_table(path).columns)
-        return gr.Dropdown(choices=cols, value="text" if "text" in cols else cols[0])
+        df = uploaded_table(path)
+        return gr.Dropdown(choices=list(df.columns), value=pick_text_column(df))
 
     async def score_file(path, column, progress=gr.Progress()):
         if not path: raise gr.Error("upload a CSV file first")
         df = uploaded_table(path)
-        try: rows, texts, cuts, reasons = texts_of_column(df, column or "text", settings.max_text_chars)
+        try:
+            column = column_to_score(df, column)
+            rows, texts, cuts, reasons = texts_of_column(df, column, settings.max_text_chars)
         except InputError as e: raise gr.Error(str(e)) from None
         preds, step = [], 256
         progress(0, desc=f"scoring {len(texts)} rows")
@@ -437,23 +540,26 @@ def build_blocks(slot: ModelSlot, plog: PredictionLog, settings: DemoSettings, o
             preds += (await score_and_log(slot, plog, texts[i:i + step], cuts[i:i + step], "batch"))[0]
             progress(min(i + step, len(texts)) / max(len(texts), 1), desc=f"scored {len(preds)} of {len(texts)} rows")
         out = write_scored_csv(df, rows, preds, reasons, out_dir, Path(path).name)
-        return str(out), f"{batch_summary(reasons)} (see the reason column) · run `{slot.run_id}`"
+        n_cut = sum(bool(p.get("truncated")) for p in preds)
+        cut_note = f"; {n_cut} truncated (see the truncated column)" if n_cut else ""
+        return str(out), (f"{batch_summary(reasons)} (see the reason column){cut_note} · column `{column}` · "
+                          f"run `{slot.run_id}`")
 
     def latest_log():
-        df = plog.latest(50)
-        if "text" in df: df["text"] = df["text"].fillna("").str.slice(0, 120)
-        return df.drop(columns=["id", "request_id", "text_hash"], errors="ignore")
+        return log_view(plog.latest(50))
 
     with gr.Blocks(title="sentiment_nb demo", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# sentiment_nb · movie-review sentiment")
+        gr.Markdown(f"# {texts['title']}" + (f"\n{texts['language']}" if texts["language"] else ""), elem_id="title")
         with gr.Tab("Predict"):
-            text = gr.Textbox(label="review", lines=4, placeholder="Type or paste a review", elem_id="review")
+            text = gr.Textbox(label=texts["label"], lines=4, placeholder=texts["placeholder"], elem_id="review")
             submit = gr.Button("Classify", variant="primary", elem_id="classify")
             label = gr.Label(label="confidence per class", elem_id="prediction")
             timing = gr.Markdown(elem_id="timing")
-            gr.Examples(EXAMPLES, inputs=text, label="examples: positive, negative, mixed, sarcastic")
-            submit.click(classify, text, [label, timing], api_name="classify", concurrency_limit=None)
-            text.submit(classify, text, [label, timing], api_visibility="private", concurrency_limit=None)
+            gr.Examples(texts["examples"], inputs=text, label=texts["examples_label"])
+            for event, visibility in ((submit.click, "public"), (text.submit, "private")):
+                event(clear_result, None, [label, timing], api_visibility="private", queue=False).then(
+                    classify, text, [label, timing], api_name="classify" if visibility == "public" else None,
+                    api_visibility=visibility, concurrency_limit=None)
         with gr.Tab("Batch"):
             upload = gr.File(label=f"CSV file: UTF-8, a header row, at most {settings.max_upload_mb:g} MB and "
                                    f"{settings.max_batch_rows} rows", file_types=[".csv"], type="filepath",
@@ -469,7 +575,8 @@ def build_blocks(slot: ModelSlot, plog: PredictionLog, settings: DemoSettings, o
             figures = gr.Gallery(label="evaluation figures", columns=2, height="auto", object_fit="contain")
             model_tab.select(lambda: model_tab_values(slot, settings), None, [card, table, figures], api_visibility="private")
         with gr.Tab("Log") as log_tab:
-            log_table = gr.Dataframe(label="latest predictions", interactive=False, elem_id="log")
+            log_table = gr.Dataframe(label="latest predictions", interactive=False, elem_id="log", wrap=True,
+                                     column_widths=["11%", "9%", "8%", "7%", "35%", "6%", "16%", "8%"])
             refresh = gr.Button("Refresh")
             log_tab.select(latest_log, None, log_table, api_visibility="private")
             refresh.click(latest_log, None, log_table, api_visibility="private")
@@ -558,11 +665,12 @@ class Demo:
         self.settings, self.auth = settings, basic_auth_from_env()
         infer.resolve_variant(settings.model_variant)                  # an unknown variant fails before anything starts
         self.slot = ModelSlot(settings.model_source, loader, settings.idle_unload_minutes, settings.predict_batch_size,
-                              variant=settings.model_variant)
+                              variant=settings.model_variant, long_text=settings.long_text)
         self.log = PredictionLog(settings.log_path, settings.store_texts)
         self._out = tempfile.TemporaryDirectory(prefix="sentiment-nb-demo-")
         upload_dir = Path(get_upload_folder()).resolve()
-        self.blocks = build_blocks(self.slot, self.log, settings, self._out.name, upload_dir)
+        self.blocks = build_blocks(self.slot, self.log, settings, self._out.name, upload_dir,
+                                   demo_texts_of(settings.model_source))
         self.app = gr.mount_gradio_app(build_api(self.slot, self.log, settings, self.auth), self.blocks, path="/",
                                        auth=self.auth, max_file_size=int(settings.max_upload_mb * 1e6),
                                        footer_links=["api"])
@@ -651,6 +759,20 @@ def check_demo(url: str, text: str, timeout: float = 120) -> dict:
     r.raise_for_status(); p = r.json()
     return {"url": url, "model_state": health["model_state"], "run_id": p["run_id"], "text": text,
             "label": p["label"], "confidence": round(p["confidence"], 4), "processing_ms": p["processing_ms"]}
+
+def run_demo(settings: DemoSettings, host: str = "127.0.0.1", port: int = 0, share: bool = False,
+             check_text: str = "A warm, funny and beautifully acted film.", serve: bool = False,
+             on_checked: Callable[[dict], None] | None = None) -> dict:
+    "Start the demo, check it, read its card (and `on_checked` the result); the server is closed on every path."
+    running = start_demo(settings, host, port, share)
+    try:
+        check = check_demo(running.url, check_text)
+        card, metrics, _ = model_card(running.demo.slot, settings)
+        result = {"url": running.url, "share_url": running.share_url, "check": check, "card": card, "metrics": metrics}
+        if on_checked: on_checked(result)
+        if serve: running.wait()
+        return result
+    finally: running.close()
 
 def serve_demo(settings: DemoSettings, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
     "Serve the demo until interrupted (the `sentiment-nb serve` command)."

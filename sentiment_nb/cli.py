@@ -10,11 +10,11 @@ import numpy as np
 from .core import csv_safe
 
 # %% auto #0
-__all__ = ['SQLITE_MAGIC', 'PREDICT_WRITERS', 'COMMANDS', 'add_params_options', 'add_variant_option', 'add_run_command',
-           'run_command', 'check_writable_file', 'check_log_path', 'model_line', 'add_serve_command', 'serve_command',
-           'add_s3_local_command', 's3_local_command', 'add_train_command', 'train_command', 'add_predict_command',
-           'stdin_lines', 'predict_inputs', 'utf8_safe', 'score_texts', 'scored_table', 'printed_rows', 'write_scored',
-           'predict_command', 'build_parser', 'is_user_error', 'main']
+__all__ = ['SQLITE_MAGIC', 'PREDICT_WRITERS', 'COMMANDS', 'add_params_options', 'add_variant_option', 'add_long_text_option',
+           'add_run_command', 'run_command', 'check_writable_file', 'check_log_path', 'model_line', 'add_serve_command',
+           'serve_command', 'add_s3_local_command', 's3_local_command', 'add_train_command', 'train_command',
+           'add_predict_command', 'stdin_lines', 'predict_inputs', 'utf8_safe', 'score_texts', 'truncation_note',
+           'scored_table', 'printed_rows', 'write_scored', 'predict_command', 'build_parser', 'is_user_error', 'main']
 
 # %% ../nbs/13_cli.ipynb #0a3f53af
 def add_params_options(p, param_help: str) -> None:
@@ -27,6 +27,13 @@ def add_variant_option(p) -> None:
     from sentiment_nb.infer import VARIANTS
     p.add_argument("--variant", default="auto", choices=["auto", *VARIANTS],
                    help="runtime: auto (the fastest that keeps accuracy), PyTorch fp32/bf16/int8, ONNX fp32/int8")
+
+def add_long_text_option(p) -> None:
+    "The `--long-text` option that `serve` and `predict` share: what is scored of a text longer than the model's input."
+    from sentiment_nb.infer import LONG_TEXT_MODES
+    p.add_argument("--long-text", default="first", choices=list(LONG_TEXT_MODES),
+                   help="texts longer than the model's max input length: first (score the first window, flagged "
+                        "truncated) or windows (score overlapping windows and average them by length)")
 
 def add_run_command(sub) -> None:
     "The `run` sub-command: the papermill pipeline."
@@ -75,21 +82,27 @@ def check_log_path(path: str | Path) -> Path:
     return p
 
 def model_line(model_dir: str | Path, run_id: str | None, variant: str) -> str:
-    "The stderr line that names the model answering: run id, folder and variant."
-    return f"model: run {run_id or '(none recorded)'} at {model_dir} ({variant})"
+    "The stderr line that names the model answering: run id, folder, variant, and its validation/test accuracy when known."
+    from sentiment_nb.infer import evaluation_of, training_summary
+    val = (training_summary(model_dir).get("best_validation") or {}).get("accuracy")
+    test = ((evaluation_of(model_dir, run_id)[0] or {}).get("metrics") or {}).get("accuracy")
+    scores = [f"{n} accuracy {v:.3f}" for n, v in (("validation", val), ("test", test)) if isinstance(v, (int, float))]
+    return f"model: run {run_id or '(none recorded)'} at {model_dir} ({variant})" + (": " + ", ".join(scores) if scores else "")
 
 # %% ../nbs/13_cli.ipynb #9888a175
 def add_serve_command(sub) -> None:
     "The `serve` sub-command: the Gradio demo with `GET /health` and `POST /predict`."
     p = sub.add_parser("serve", help="serve a model in the Gradio demo with an HTTP API (GET /health, POST /predict)")
-    p.add_argument("--model", required=True, help="model folder, run id, or s3://bucket/prefix[#run-id]")
+    p.add_argument("--model", default=None, help="model folder, run id, or s3://bucket/prefix[#run-id] "
+                                                  "(default: the newest completed run's model under --reports-dir)")
+    p.add_argument("--reports-dir", default="reports", help="folder of the run folders, for run ids and the default")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=7860, help="TCP port, 0 picks a free one")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
     p.add_argument("--metrics", default="", help="metrics.json for the Model tab (default: the model's run folder)")
     p.add_argument("--log", default="reports/predictions.sqlite", help="SQLite prediction log")
     p.add_argument("--no-log-texts", action="store_true", help="log only each text's SHA-256, not the text")
-    add_variant_option(p)
+    add_variant_option(p); add_long_text_option(p)
     p.add_argument("--lazy", action="store_true", help="load the model on the first request, not at start")
     p.add_argument("--idle-unload-minutes", type=float, default=30.0, help="release the model when idle, 0: never")
     p.add_argument("--max-upload-mb", type=float, default=5.0, help="largest CSV the Batch tab accepts")
@@ -98,12 +111,13 @@ def add_serve_command(sub) -> None:
 def serve_command(args) -> int:
     "Check the model source and the log path, name the model, then serve the demo until interrupted."
     from sentiment_nb.infer import check_model_files, resolve_model_dir, resolve_variant, training_summary
-    d = resolve_model_dir(args.model)           # a wrong source fails here, before anything starts (S3: pulled once)
+    d = resolve_model_dir(args.model, args.reports_dir)   # a wrong source fails here, before anything starts (S3: pulled once)
     check_model_files(d); check_log_path(args.log)
     print(model_line(d, training_summary(d).get("run_id"), resolve_variant(args.variant)), file=sys.stderr, flush=True)
     from sentiment_nb.app import DemoSettings, serve_demo
-    settings = DemoSettings(args.model, args.metrics, args.log, not args.no_log_texts, not args.lazy, args.variant,
-                            args.idle_unload_minutes, max_upload_mb=args.max_upload_mb)
+    source = args.model if str(args.model or "").startswith("s3://") else str(d)      # the folder just resolved
+    settings = DemoSettings(source, args.metrics, args.log, not args.no_log_texts, not args.lazy, args.variant,
+                            args.idle_unload_minutes, max_upload_mb=args.max_upload_mb, long_text=args.long_text)
     try: serve_demo(settings, args.host, args.port, args.share)
     except OSError as e: print(f"sentiment-nb serve: error: {e}", file=sys.stderr); return 2
     return 0
@@ -168,10 +182,10 @@ def add_predict_command(sub) -> None:
     p.add_argument("--model", default=None, help="model folder, run id or s3://bucket/prefix[#run-id] "
                                                   "(default: the newest run's model under --reports-dir)")
     p.add_argument("--reports-dir", default="reports", help="folder of the run folders, for run ids and the default")
-    add_variant_option(p)
+    add_variant_option(p); add_long_text_option(p)
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the runtime's)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per text (label, confidence, scores)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per text (label, confidence, scores, truncated)")
     p.set_defaults(func=predict_command)
 
 def stdin_lines(stdin=None) -> list[str]:
@@ -202,34 +216,48 @@ def utf8_safe(text: str) -> str:
     "`text` with any lone surrogate (undecodable input bytes) written as a `\\udcXX` escape, so it can be printed and saved."
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
-def score_texts(m, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, list[str | None]]:
-    "Probabilities of every text (NaN rows for those `unscorable_reason` refuses, which the model never sees) and the reasons."
-    from sentiment_nb.infer import predict_proba_chunked, unscorable_reason
+def score_texts(m, texts: list[str], batch_size: int = 32, long_text: str = "first"
+                ) -> tuple[np.ndarray, list[str | None], np.ndarray]:
+    "Probabilities (NaN rows for texts `unscorable_reason` refuses, never scored), the reasons, and which texts lost tokens."
+    from sentiment_nb.infer import chunked_scores, unscorable_reason
     reasons = [unscorable_reason(t) for t in texts]
     ok = [i for i, r in enumerate(reasons) if r is None]
     probs = np.full((len(texts), len(m.labels)), np.nan, dtype=np.float32)
-    if ok: probs[ok] = predict_proba_chunked(m, [texts[i] for i in ok], batch_size, desc=f"scoring ({m.variant})")
-    return probs, reasons
+    truncated = np.zeros(len(texts), dtype=bool)
+    if ok:
+        probs[ok], spans = chunked_scores(m, [texts[i] for i in ok], batch_size, desc=f"scoring ({m.variant})",
+                                          long_text=long_text)
+        truncated[ok] = (spans > 1) & (long_text == "first")
+    return probs, reasons, truncated
 
-def scored_table(texts: list[str], table, probs: np.ndarray, reasons: list[str | None], labels: list[str]):
-    "The input table (or a `text` column) with `label`, `confidence`, `p_<class>` and `note` (why a row was not scored)."
+def truncation_note(truncated: np.ndarray, max_length: int) -> str | None:
+    "The stderr line saying how many texts were scored on their first `max_length` tokens only (None: none were)."
+    n = int(np.sum(truncated))
+    return (f"note: {n} text{'s' * (n != 1)} longer than {max_length} tokens: only the first {max_length} tokens were "
+            f"scored (truncated: true); --long-text windows scores all of a text") if n else None
+
+def scored_table(texts: list[str], table, probs: np.ndarray, reasons: list[str | None], labels: list[str],
+                 truncated: np.ndarray | None = None):
+    "The input table (or a `text` column) with `label`, `confidence`, `p_<class>`, `truncated` and `note` (why not scored)."
     import pandas as pd
     out = table.copy() if table is not None else pd.DataFrame({"text": [utf8_safe(t) for t in texts]})
     out["label"] = [None if r else labels[int(p.argmax())] for p, r in zip(probs, reasons)]
     out["confidence"] = probs.max(1)
     for j, name in enumerate(labels): out[f"p_{name}"] = probs[:, j]
+    out["truncated"] = np.zeros(len(texts), dtype=bool) if truncated is None else np.asarray(truncated, dtype=bool)
     out["note"] = [r or "" for r in reasons]
     return out
 
-def printed_rows(texts: list[str], probs: np.ndarray, reasons: list[str | None], labels: list[str], as_json: bool) -> list[str]:
+def printed_rows(texts: list[str], probs: np.ndarray, reasons: list[str | None], labels: list[str], as_json: bool,
+                 truncated: np.ndarray | None = None) -> list[str]:
     "One output line per text: `label<TAB>confidence<TAB>text`, or a JSON object; a refused text shows its reason."
     import json
-    lines = []
-    for t, p, r in zip(map(utf8_safe, texts), probs, reasons):
+    lines, cut = [], np.zeros(len(texts), dtype=bool) if truncated is None else truncated
+    for t, p, r, c in zip(map(utf8_safe, texts), probs, reasons, cut):
         if as_json:
-            row = ({"text": t, "label": None, "confidence": None, "scores": None, "error": r} if r else
+            row = ({"text": t, "label": None, "confidence": None, "scores": None, "truncated": False, "error": r} if r else
                    {"text": t, "label": labels[int(p.argmax())], "confidence": round(float(p.max()), 6),
-                    "scores": {n: round(float(s), 6) for n, s in zip(labels, p)}})
+                    "scores": {n: round(float(s), 6) for n, s in zip(labels, p)}, "truncated": bool(c)})
             lines.append(json.dumps(row, ensure_ascii=False))
         else: lines.append(f"-\t-\t{t}\tnot scored: {r}" if r else f"{labels[int(p.argmax())]}\t{p.max():.3f}\t{t}")
     return lines
@@ -250,14 +278,15 @@ def predict_command(args) -> int:
     texts, table = predict_inputs(args)
     m = load_model(resolve_model_dir(args.model, args.reports_dir), threads=args.threads, variant=args.variant)
     print(model_line(m.model_dir, m.run_id, m.variant), file=sys.stderr, flush=True)
-    probs, reasons = score_texts(m, texts, args.batch_size)
+    probs, reasons, truncated = score_texts(m, texts, args.batch_size, args.long_text)
+    if note := truncation_note(truncated, m.max_length): print(note, file=sys.stderr)
     if args.out:
-        write_scored(scored_table(texts, table, probs, reasons, m.labels), args.out)
+        write_scored(scored_table(texts, table, probs, reasons, m.labels, truncated), args.out)
         refused = sum(r is not None for r in reasons)
         print(f"{len(texts)} rows -> {args.out}: {len(texts) - refused} scored, {refused} not scored (reason in 'note')",
               file=sys.stderr)
         return 0
-    for line in printed_rows(texts, probs, reasons, m.labels, args.json): print(line)
+    for line in printed_rows(texts, probs, reasons, m.labels, args.json, truncated): print(line)
     return 0
 
 # %% ../nbs/13_cli.ipynb #9b8b0898

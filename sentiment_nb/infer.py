@@ -16,13 +16,15 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'MODEL_INPUT_NAMES', 'FUSABLE_MODEL_TYPES', 'PROBE_TEXTS', 'EXPORT_RECIPE',
-           'ONNX_FILES', 'parse_s3_source', 'newest_model_dir', 'resolve_model_dir', 'safetensors_problem',
-           'check_model_files', 'cpuinfo_field', 'cpu_has', 'machine_description', 'resolve_variant',
-           'load_text_encoder', 'pad_batch', 'length_sorted_batches', 'softmax', 'load_torch_classifier',
-           'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session', 'probe_inputs', 'max_logit_gap',
-           'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export', 'export_onnx', 'quantize_onnx',
-           'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path', 'unscorable_reason', 'SentimentModel',
-           'config_labels', 'training_summary', 'load_model', 'predict_proba', 'predict', 'predict_proba_chunked']
+           'ONNX_FILES', 'LONG_TEXT_MODES', 'parse_s3_source', 'completed_run', 'newest_model_dir', 'resolve_model_dir',
+           'safetensors_problem', 'check_model_files', 'cpuinfo_field', 'cpu_has', 'machine_description',
+           'resolve_variant', 'window_overlap', 'load_text_encoder', 'pad_batch', 'length_sorted_batches', 'softmax',
+           'load_torch_classifier', 'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session', 'probe_inputs',
+           'max_logit_gap', 'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export', 'export_onnx',
+           'quantize_onnx', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path', 'unscorable_reason',
+           'SentimentModel', 'config_labels', 'training_summary', 'load_model', 'weights_sha256', 'evaluation_of',
+           'check_long_text', 'score_encodings', 'predict_scores', 'predict_proba', 'predict', 'chunked_scores',
+           'predict_proba_chunked']
 
 # %% ../nbs/11_infer.ipynb #eee96783
 def parse_s3_source(source: str) -> tuple[str, str, str]:
@@ -32,11 +34,23 @@ def parse_s3_source(source: str) -> tuple[str, str, str]:
     if not bucket: raise ValueError(f"'{source}' names no bucket: expected s3://bucket/prefix[#run-id]")
     return bucket, prefix.strip("/"), run_id or "latest"
 
+def completed_run(run_dir: str | Path) -> bool:
+    "Whether a run folder holds a model and a `manifest.json` whose training stage (02) passed."
+    d = Path(run_dir)
+    if not (d / "model" / "config.json").exists() or not (d / "manifest.json").exists(): return False
+    try: stages = read_json(d / "manifest.json").get("stages") or []
+    except (ValueError, AttributeError): return False
+    return any(isinstance(r, dict) and str(r.get("stage", "")).startswith("02") and r.get("status") == "ok" for r in stages)
+
 def newest_model_dir(reports_dir: str | Path = "reports") -> Path:
-    "The model folder of the most recently trained run under `reports_dir`."
+    "The model of the newest completed pipeline run under `reports_dir`; without one, the newest model folder (with a warning)."
     found = sorted(resolve_path(reports_dir).glob("*/model/config.json"), key=lambda p: p.stat().st_mtime)
     if not found: raise FileNotFoundError(f"no model found under {resolve_path(reports_dir)}/ (no <run-id>/model/"
                                           f"config.json): train one with `sentiment-nb run` or name a model")
+    runs = [p.parent for p in found if completed_run(p.parent.parent)]
+    if runs: return runs[-1]
+    log.warning("no completed pipeline run under %s/ (a manifest.json whose stage 02 passed): using the newest "
+                "model folder %s; name the model to choose another", resolve_path(reports_dir), found[-1].parent)
     return found[-1].parent
 
 def resolve_model_dir(source: str | Path | None = None, reports_dir: str | Path = "reports") -> Path:
@@ -110,8 +124,12 @@ def resolve_variant(variant: str = "auto") -> str:
     return variant
 
 # %% ../nbs/11_infer.ipynb #549f2c28
+def window_overlap(max_length: int) -> int:
+    "Tokens that consecutive windows of a long text share: a quarter of a window."
+    return int(max_length) // 4
+
 def load_text_encoder(model_dir: str | Path, max_length: int):
-    "The model's Rust tokenizer, truncating at `max_length` tokens and never padding."
+    "The model's Rust tokenizer: `max_length`-token windows (the rest of a long text in `.overflowing`), never padding."
     from tokenizers import Tokenizer
     path = Path(model_dir) / "tokenizer.json"
     if path.exists():
@@ -120,7 +138,7 @@ def load_text_encoder(model_dir: str | Path, max_length: int):
     else:
         from transformers import AutoTokenizer
         enc = AutoTokenizer.from_pretrained(model_dir).backend_tokenizer
-    enc.enable_truncation(int(max_length)); enc.no_padding()
+    enc.enable_truncation(int(max_length), stride=window_overlap(max_length)); enc.no_padding()
     return enc
 
 def pad_batch(encodings: Sequence, rows: Sequence[int], input_names: Sequence[str], pad_id: int = 0) -> dict[str, np.ndarray]:
@@ -394,30 +412,84 @@ def load_model(source: str | Path | None = None, max_length: int | None = None, 
     return SentimentModel(load_text_encoder(d, length), run, names, labels, d, variant, model, summary.get("run_id"),
                           length, config.get("pad_token_id") or 0, summary)
 
+# %% ../nbs/11_infer.ipynb #978fd43d
+def weights_sha256(model_dir: str | Path) -> str:
+    "SHA-256 over a model folder's safetensors weights: what identifies one trained model."
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).glob("*.safetensors")): h.update(f"{f.name}={sha256_file(f)};".encode())
+    return h.hexdigest()
+
+def evaluation_of(model_dir: str | Path, run_id: str | None, metrics_path: str | Path = "") -> tuple[dict | None, str]:
+    "The evaluation report (`metrics.json`, default: beside the model's folder) of this model, or None and why not."
+    path = resolve_path(metrics_path) if metrics_path else Path(model_dir).parent / "metrics.json"
+    if not path.is_file(): return None, f"no evaluation of this model: {path} does not exist"
+    try: report = read_json(path)
+    except ValueError as e: return None, f"no evaluation of this model: {path} is not valid JSON ({e})"
+    if not isinstance(report, dict): return None, f"no evaluation of this model: {path} is not an evaluation report"
+    if report.get("model_weights_sha256"):
+        if report["model_weights_sha256"] == weights_sha256(model_dir): return report, ""
+        return None, f"no evaluation of this model: {path} evaluated other weights"
+    if not report.get("model_run_id"): return None, f"no evaluation of this model: {path} names no model (no model_run_id)"
+    if report["model_run_id"] != run_id:
+        return None, f"no evaluation of this model: {path} evaluated run {report['model_run_id']}, this model is run {run_id}"
+    weights = max((f.stat().st_mtime for f in Path(model_dir).glob("*.safetensors")), default=0)
+    if path.stat().st_mtime < weights:
+        return None, f"no evaluation of this model: {path} is older than its weights (it evaluated an earlier model of run {run_id})"
+    return report, ""
+
 # %% ../nbs/11_infer.ipynb #11297b1f
-def predict_proba(m: SentimentModel, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-    "Class probabilities, one row per text, in input order."
-    texts = [str(t) for t in texts]
-    if not texts: return np.zeros((0, len(m.labels)), dtype=np.float32)
-    encs = m.encoder.encode_batch_fast(texts)
-    out = np.zeros((len(texts), len(m.labels)), dtype=np.float32)
+LONG_TEXT_MODES = ("first", "windows")
+
+def check_long_text(long_text: str) -> str:
+    "`long_text` when it is one of LONG_TEXT_MODES; a ValueError naming them otherwise."
+    if long_text not in LONG_TEXT_MODES: raise ValueError(f"long_text '{long_text}' is not one of {list(LONG_TEXT_MODES)}")
+    return long_text
+
+def score_encodings(m: SentimentModel, encs: Sequence, batch_size: int = 32) -> np.ndarray:
+    "Class probabilities of tokenized inputs, scored in batches of similar length, in input order."
+    out = np.zeros((len(encs), len(m.labels)), dtype=np.float32)
     for rows in length_sorted_batches([len(e.ids) for e in encs], batch_size):
         out[rows] = softmax(m.run(pad_batch(encs, rows, m.input_names, m.pad_id)))
     return out
 
-def predict(m: SentimentModel, texts: Sequence[str], batch_size: int = 32) -> list[dict]:
-    "Label, confidence and the score of every class for each text."
-    probs = predict_proba(m, texts, batch_size)
+def predict_scores(m: SentimentModel, texts: Sequence[str], batch_size: int = 32, long_text: str = "first"
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    "Class probabilities (one row per text, in input order) and how many `max_length`-token windows each text spans."
+    check_long_text(long_text)
+    texts = [str(t) for t in texts]
+    if not texts: return np.zeros((0, len(m.labels)), dtype=np.float32), np.zeros(0, dtype=int)
+    encs = m.encoder.encode_batch_fast(texts)
+    spans = np.array([1 + len(e.overflowing) for e in encs])
+    if long_text == "first" or spans.max() == 1: return score_encodings(m, encs, batch_size), spans
+    windows = [w for e in encs for w in (e, *e.overflowing)]
+    owner, weight = np.repeat(np.arange(len(texts)), spans), np.array([len(w.ids) for w in windows], np.float32)
+    out = np.zeros((len(texts), len(m.labels)), dtype=np.float32)
+    np.add.at(out, owner, score_encodings(m, windows, batch_size) * weight[:, None])
+    return out / np.bincount(owner, weight)[:, None], spans
+
+def predict_proba(m: SentimentModel, texts: Sequence[str], batch_size: int = 32, long_text: str = "first") -> np.ndarray:
+    "Class probabilities, one row per text, in input order."
+    return predict_scores(m, texts, batch_size, long_text)[0]
+
+def predict(m: SentimentModel, texts: Sequence[str], batch_size: int = 32, long_text: str = "first") -> list[dict]:
+    "Label, confidence, the score of every class, whether tokens were cut off and the windows spanned, for each text."
+    probs, spans = predict_scores(m, texts, batch_size, long_text)
     return [{"label": m.labels[int(p.argmax())], "confidence": float(p.max()),
-             "scores": {l: float(s) for l, s in zip(m.labels, p)}} for p in probs]
+             "scores": {l: float(s) for l, s in zip(m.labels, p)},
+             "tokens_truncated": bool(n > 1 and long_text == "first"), "windows": int(n)} for p, n in zip(probs, spans)]
 
 # %% ../nbs/11_infer.ipynb #af3fafd4
-def predict_proba_chunked(m: SentimentModel, texts: Sequence[str], batch_size: int = 32, chunk_size: int = 2048,
-                          desc: str = "scoring") -> np.ndarray:
-    "`predict_proba` over chunks of texts, with a progress bar counting texts."
-    out = np.zeros((len(texts), len(m.labels)), dtype=np.float32)
+def chunked_scores(m: SentimentModel, texts: Sequence[str], batch_size: int = 32, chunk_size: int = 2048,
+                   desc: str = "scoring", long_text: str = "first") -> tuple[np.ndarray, np.ndarray]:
+    "`predict_scores` over chunks of texts, with a progress bar counting texts."
+    out, spans = np.zeros((len(texts), len(m.labels)), dtype=np.float32), np.ones(len(texts), dtype=int)
     with progress(total=len(texts), desc=desc, unit="text") as bar:
         for i in range(0, len(texts), chunk_size):
-            out[i:i + chunk_size] = predict_proba(m, texts[i:i + chunk_size], batch_size)
+            out[i:i + chunk_size], spans[i:i + chunk_size] = predict_scores(m, texts[i:i + chunk_size], batch_size, long_text)
             bar.update(len(texts[i:i + chunk_size]))
-    return out
+    return out, spans
+
+def predict_proba_chunked(m: SentimentModel, texts: Sequence[str], batch_size: int = 32, chunk_size: int = 2048,
+                          desc: str = "scoring", long_text: str = "first") -> np.ndarray:
+    "`predict_proba` over chunks of texts, with a progress bar counting texts."
+    return chunked_scores(m, texts, batch_size, chunk_size, desc, long_text)[0]

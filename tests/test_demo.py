@@ -154,8 +154,8 @@ def test_browser_predict_batch_and_bad_input(server, browser_page, tmp_path):
     page.get_by_text("scored 2 of 3 rows").wait_for()
     href = page.locator("#scored a[download]").first.get_attribute("href")
     scored = httpx.get(href).text.splitlines()
-    assert scored[0] == "id,text,label,confidence,reason" and len(scored) == 4
-    assert scored[2] == "2,,,,empty or only whitespace"
+    assert scored[0] == "id,text,label,confidence,truncated,reason" and len(scored) == 4
+    assert scored[2] == "2,,,,False,empty or only whitespace"
     uploaded = list(server["tmp"].rglob(name))
     assert uploaded, "the upload is not in the server's temp dir"
     outside = [p for top in ROOT.iterdir() if top.name not in (".venv", ".git") for p in

@@ -167,7 +167,7 @@ def test_an_upload_is_scored_one_row_per_input_row_without_formulas(demo):
     r = demo.client.get(scored["url"])
     assert r.status_code == 200
     out = pd.read_csv(pd.io.common.StringIO(r.text), dtype=str, keep_default_na=False)
-    assert list(out.columns) == ["text", "label", "confidence", "reason"]
+    assert list(out.columns) == ["text", "label", "confidence", "truncated", "reason"]
     assert out["text"].tolist() == ["'" + rows[0], "", "great fun", "   ", "'+1 boring", "'@SUM(A1)", "'-2 so-so"]
     assert [bool(l) for l in out["label"]] == [True, False, True, False, True, True, True]
     assert out["reason"].tolist() == ["", "empty or only whitespace", "", "empty or only whitespace", "", "", ""]

@@ -49,7 +49,8 @@ def test_stdin_lines_with_the_default_variant(untrained_model, scores_fp32):
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(l) for l in proc.stdout.splitlines()]
     assert [r["text"] for r in rows] == texts + [""]           # the blank line keeps its row, unscored
-    assert rows[3] == {"text": "", "label": None, "confidence": None, "scores": None, "error": "empty or only whitespace"}
+    assert rows[3] == {"text": "", "label": None, "confidence": None, "scores": None, "truncated": False,
+                       "error": "empty or only whitespace"}
     onnx = np.array([[r["scores"]["negative"], r["scores"]["positive"]] for r in rows[:3]])
     assert np.abs(onnx - probs).max() < 0.1                    # auto (ONNX int8) agrees with fp32
 
@@ -60,7 +61,7 @@ def test_file_scored_in_batches_keeps_its_columns(untrained_model, tmp_path):
     proc = run_cli("predict", "--file", src, "--column", "review", "--out", out, "--model", untrained_model,
                    "--variant", "onnx", "--batch-size", "2", timeout=600, check=True)
     scored = pd.read_csv(out, keep_default_na=False)
-    assert list(scored.columns) == ["id", "review", "label", "confidence", "p_negative", "p_positive", "note"]
+    assert list(scored.columns) == ["id", "review", "label", "confidence", "p_negative", "p_positive", "truncated", "note"]
     assert scored["id"].tolist() == list(range(7))
     ok = scored.drop(index=2)                                  # row 2 had no review: kept, not scored
     np.testing.assert_allclose(ok[["p_negative", "p_positive"]].astype(float).sum(axis=1), 1, atol=1e-5)
