@@ -1,5 +1,5 @@
 "Shared pytest fixtures: the project's paths, and a helper that runs the real `sentiment-nb` CLI."
-import os, subprocess, sys
+import os, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +46,30 @@ def untrained_model(tmp_path_factory):
         label2id={"negative": 0, "positive": 1}).save_pretrained(d)
     write_json(d / "training_summary.json", {"run_id": "untrained", "params": {"max_input_length": 64}})
     return d
+
+
+# Debian's chromium, never a downloaded browser; without the background-networking flags it keeps trying the closed network
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    "A Playwright page in Debian's headless chromium (1100 x 900), closed after the test."
+    from playwright.sync_api import sync_playwright
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists(): pytest.fail("Debian's chromium is missing: apt-get install -y chromium")
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=chromium, headless=True,
+                                                    args=CHROMIUM_FLAGS, viewport={"width": 1100, "height": 900})
+        ctx.set_default_timeout(60_000)
+        yield ctx.new_page()
+        ctx.close()
+
+
+def toast(page, text: str) -> None:
+    "Wait until a Gradio error message containing `text` shows, then close every message."
+    page.get_by_text(text).first.wait_for()
+    for close in page.locator(".toast-close").all():
+        try: close.click(timeout=2000)
+        except Exception: pass

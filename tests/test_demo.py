@@ -6,13 +6,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, toast
 
 _spec = importlib.util.spec_from_file_location("bench_load", ROOT / "bench" / "bench_load.py")
 bench = sys.modules["bench_load"] = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(bench)
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 UPLOAD_LIMIT_MB = 0.05
 
 
@@ -99,27 +97,6 @@ def test_binds_loopback_only(server):
 def test_serve_refuses_a_missing_model_at_once():
     proc = run_cli("serve", "--model", "/no/such/model", "--port", "0", timeout=120)
     assert proc.returncode == 2 and "no model at '/no/such/model'" in proc.stderr
-
-
-@pytest.fixture
-def browser_page(tmp_path):
-    from playwright.sync_api import sync_playwright
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists(): pytest.fail("Debian's chromium is missing: apt-get install -y chromium")
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=chromium, headless=True,
-                                                    args=CHROMIUM_FLAGS, viewport={"width": 1100, "height": 820})
-        ctx.set_default_timeout(60_000)
-        yield ctx.new_page()
-        ctx.close()
-
-
-def toast(page, text: str) -> None:
-    "Wait until a Gradio error message containing `text` shows, then close every message."
-    page.get_by_text(text).first.wait_for()
-    for close in page.locator(".toast-close").all():
-        try: close.click(timeout=2000)
-        except Exception: pass
 
 
 def test_browser_predict_batch_and_bad_input(server, browser_page, tmp_path):

@@ -11,14 +11,12 @@ import httpx
 import pandas as pd
 import pytest
 
-from conftest import BIN, ROOT, run_cli
+from conftest import BIN, ROOT, run_cli, toast
 
 _spec = importlib.util.spec_from_file_location("bench_load", ROOT / "bench" / "bench_load.py")
 bench = sys.modules["bench_load"] = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(bench)
 
 SHOTS = Path(os.environ.get("SENTIMENT_NB_SHOTS", "/tmp/shots"))
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # the review: its verdict comes last, far past the model's 64 input tokens
 LONG_REVIEW = ("The first hour is a delight: sharp dialogue, a warm and funny cast, gorgeous photography and a score "
                "that lifts every scene. " * 4 + "But the last hour is a disaster: awful, boring, I hated it.")
@@ -192,33 +190,13 @@ def test_demo_texts_follow_the_classes_and_dataset(untrained_model, tmp_path):
 
 # ---- 1, 2, 4, 9, 10 in the browser ------------------------------------------------------------------------------
 
-@pytest.fixture
-def page(tmp_path):
-    from playwright.sync_api import sync_playwright
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists(): pytest.fail("Debian's chromium is missing: apt-get install -y chromium")
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=chromium, headless=True,
-                                                    args=CHROMIUM_FLAGS, viewport={"width": 1100, "height": 900})
-        ctx.set_default_timeout(60_000)
-        yield ctx.new_page()
-        ctx.close()
-
-
-def toast(page, text: str) -> None:
-    "Wait until a Gradio error message containing `text` shows, then close every message."
-    page.get_by_text(text).first.wait_for()
-    for close in page.locator(".toast-close").all():
-        try: close.click(timeout=2000)
-        except Exception: pass
-
-
 def upload_csv(page, path: Path, first: bool = False) -> None:
     if not first: page.locator("#upload button[aria-label='Clear']").first.click()
     page.locator("#upload input[type=file]").set_input_files(str(path))
 
 
-def test_browser_first_contact(demo, page, tmp_path):
+def test_browser_first_contact(demo, browser_page, tmp_path):
+    page = browser_page
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.goto(demo["url"])
     page.get_by_text("sentiment_nb · text sentiment (negative, positive)").first.wait_for()
