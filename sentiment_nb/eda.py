@@ -11,7 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 # %% auto #0
-__all__ = ['STOP_WORDS', 'class_balance', 'words_of', 'text_lengths', 'length_summary', 'word_counts_per_class',
+__all__ = ['STOP_WORDS', 'TOP_WORDS_AXIS', 'class_balance', 'words_of', 'text_lengths', 'length_summary', 'word_counts_per_class',
            'top_words_per_class', 'examples_per_class', 'plot_class_balance', 'plot_lengths', 'plot_top_words']
 
 # %% ../nbs/00_eda.ipynb #70d7b814
@@ -88,13 +88,19 @@ def plot_lengths(lengths: pd.DataFrame, column: str = "words"):
     ax.set(title=f"Text length in {column}", xlabel=column); fig.tight_layout()
     return fig
 
+TOP_WORDS_AXIS = "rate gap per 1,000 words\n(in this class minus elsewhere)"
+
 def plot_top_words(top: pd.DataFrame):
-    "One horizontal bar chart of the top words per class."
+    "One horizontal bar chart per class of the words that mark it: bar length the rate gap they are ranked by, the count written beside."
     classes = top["class"].unique()
-    fig, axes = plt.subplots(1, len(classes), figsize=(3.4 * len(classes), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(classes), figsize=(3.8 * len(classes), 4.2), squeeze=False)
     for ax, cls in zip(axes[0], classes):
         part = top[top["class"] == cls]
-        sns.barplot(part, x="count", y="word", ax=ax, color=sns.color_palette("deep")[list(classes).index(cls)])
-        ax.set(title=f"words that mark: {cls}", ylabel="", xlabel="count in class")
+        sns.barplot(part, x="rate_gap", y="word", ax=ax, color=sns.color_palette("deep")[list(classes).index(cls)])
+        for i, (gap, count) in enumerate(zip(part["rate_gap"], part["count"])):
+            ax.text(gap, i, f" {count}", va="center", fontsize=8)
+        ax.set(title=f"words that mark: {cls}", ylabel="", xlabel=TOP_WORDS_AXIS)
+        ax.margins(x=0.15)
+    fig.text(0.5, -0.02, "number beside a bar: the word's count in the class", ha="center", fontsize=8)
     fig.tight_layout()
     return fig

@@ -15,12 +15,13 @@ from .core import resolve_path, write_json
 from .infer import load_model, predict_proba
 
 # %% auto #0
-__all__ = ['BASELINES', 'HEADLINE_METRICS', 'model_source', 'check_same_labels', 'normalized', 'roc_auc',
+__all__ = ['MIN_CALIBRATION_ROWS', 'BASELINES', 'HEADLINE_METRICS', 'model_source', 'check_same_labels', 'normalized', 'roc_auc',
            'classification_metrics', 'metric_names', 'confusion_tables', 'plot_confusion', 'reliability_table',
            'expected_calibration_error', 'plot_reliability', 'plot_confidence_histogram', 'apply_temperature',
-           'fit_temperature', 'check_baselines', 'majority_baseline', 'tfidf_logreg_baseline', 'vader_roles',
-           'vader_probs', 'vader_baseline', 'score_baselines', 'evaluate_probs', 'comparison_table', 'metrics_rows',
-           'write_metrics', 'error_examples', 'ood_accuracy', 'sample_rows', 'evaluate_model']
+           'fit_temperature', 'calibrate', 'check_baselines', 'majority_baseline', 'tfidf_logreg_baseline',
+           'vader_roles', 'vader_probs', 'vader_baseline', 'score_baselines', 'evaluate_probs', 'comparison_table',
+           'metrics_rows', 'write_metrics', 'evaluation_headline', 'error_examples', 'text_table', 'ood_accuracy',
+           'sample_rows', 'evaluate_model']
 
 # %% ../nbs/03_evaluation.ipynb #9059ecb0
 def model_source(model_dir: str, run_dir: str | Path) -> str:
@@ -141,6 +142,25 @@ def fit_temperature(probs: np.ndarray, y_true: Sequence[int], bounds: tuple[floa
     nll = lambda log_t: -np.log(apply_temperature(probs, np.exp(log_t))[np.arange(len(y)), y]).mean()
     return float(np.exp(minimize_scalar(nll, bounds=np.log(bounds), method="bounded").x))
 
+MIN_CALIBRATION_ROWS = 100   # fewer validation rows than this: no temperature is fitted
+
+def calibrate(val_probs: np.ndarray, val_y: Sequence[int], probs: np.ndarray, y: Sequence[int], n_bins: int = 15,
+              min_rows: int = MIN_CALIBRATION_ROWS) -> tuple[dict, np.ndarray]:
+    "The temperature scaling used (`status` applied / skipped / not applied, with a note) and the test probabilities under it."
+    n, ece = len(val_y), expected_calibration_error(probs, y, n_bins)
+    out = {"status": "skipped", "temperature": 1.0, "fitted_temperature": None, "validation_rows": n,
+           "ece": ece, "ece_with_fitted_temperature": None}
+    if n < min_rows:
+        return {**out, "note": f"skipped: {n} validation rows, fewer than the {min_rows} a temperature needs"}, probs
+    t = fit_temperature(val_probs, val_y); scaled = apply_temperature(probs, t)
+    after = expected_calibration_error(scaled, y, n_bins)
+    out.update(fitted_temperature=t, ece_with_fitted_temperature=after)
+    if after > ece:
+        return {**out, "status": "not applied", "note": f"not applied: T = {t:.3g} fitted on {n} validation rows made the "
+                f"test ECE worse ({ece:.3f} -> {after:.3f}); the metrics keep T = 1"}, probs
+    return {**out, "status": "applied", "temperature": t,
+            "note": f"applied: T = {t:.3g} fitted on {n} validation rows, test ECE {ece:.3f} -> {after:.3f}"}, scaled
+
 # %% ../nbs/03_evaluation.ipynb #675e72a7
 BASELINES = ("majority", "vader", "tfidf_logreg")
 
@@ -233,6 +253,18 @@ def write_metrics(run_dir: str | Path, report: dict) -> tuple[Path, Path]:
     pd.DataFrame(metrics_rows(report)).to_csv(d / "metrics.csv", index=False)
     return write_json(d / "metrics.json", report), d / "metrics.csv"
 
+# %% ../nbs/03_evaluation.ipynb #e9a2bd61
+def evaluation_headline(report: dict, outcome: dict) -> dict:
+    "The headline numbers and notes of stage 03 for `index.html`."
+    m, cal = report["metrics"], report["calibration"]
+    fmt = lambda v: None if v is None else round(v, 4)
+    return {"test rows": report["rows"], "test accuracy": fmt(m["accuracy"]), "macro F1": fmt(m["macro_f1"]),
+            **{f"{n} accuracy": fmt(s["accuracy"]) for n, s in report["baselines"].items()},
+            **{f"{n} baseline": note for n, note in report["baseline_notes"].items()},
+            "out-of-domain accuracy (tweets)": fmt(m["ood_accuracy"]), "ECE": fmt(m["ece"]), "temperature scaling": cal["note"],
+            **({"ECE after temperature": fmt(m["ece_temperature_scaled"])} if cal["status"] == "applied" else {}),
+            "push": outcome["status"], "push outcome": outcome["message"], "data hash": report["data_hash"][:12]}
+
 # %% ../nbs/03_evaluation.ipynb #053a9370
 def error_examples(texts: Sequence[str], y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str],
                    n: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -243,6 +275,10 @@ def error_examples(texts: Sequence[str], y_true: Sequence[int], probs: np.ndarra
     wrong = df[np.asarray(y_true) != pred].sort_values("confidence", ascending=False, kind="stable").head(n)
     unsure = df[np.asarray(y_true) == pred].sort_values("confidence", kind="stable").head(n)
     return wrong.reset_index(drop=True), unsure.reset_index(drop=True)
+
+def text_table(df: pd.DataFrame, column: str = "text"):
+    "The table styled for reading: the whole text, left-aligned so that it wraps as prose, numbers to 3 places."
+    return df.style.set_properties(subset=[column], **{"text-align": "left", "min-width": "24em"}).format(precision=3)
 
 # %% ../nbs/03_evaluation.ipynb #86002ff8
 def ood_accuracy(m, dataset: str, rows: int = 2000, batch_size: int = 64) -> tuple[float | None, dict]:
@@ -278,20 +314,19 @@ def evaluate_model(source: str, splits: dict[str, pd.DataFrame], labels: Sequenc
     m = load_model(source)
     check_same_labels(m.labels, labels, str(m.model_dir))
     probs = predict_proba(m, test["text"].tolist(), batch_size)
-    temperature = fit_temperature(predict_proba(m, val["text"].tolist(), batch_size), val["label"].to_numpy())
-    scaled = apply_temperature(probs, temperature)
     y = test["label"].to_numpy()
+    calibration, scaled = calibrate(predict_proba(m, val["text"].tolist(), batch_size), val["label"].to_numpy(), probs, y, n_bins)
     metrics = evaluate_probs(y, probs, labels, n_bins)
     metrics.update(ece_temperature_scaled=expected_calibration_error(scaled, y, n_bins),
                    log_loss_temperature_scaled=float(skm.log_loss(y, scaled, labels=list(range(len(labels))))),
-                   temperature=temperature)
+                   temperature=calibration["temperature"])
     metrics["ood_accuracy"], ood = ood_accuracy(m, dataset, ood_rows, batch_size)
     base_probs, notes = score_baselines(baselines, splits["train"], test, labels, seed)
     counts, _ = confusion_tables(y, probs.argmax(axis=1), labels)
     report = {"split": "test", "rows": len(test), "validation_rows": len(val), "labels": list(labels),
               "model_dir": str(m.model_dir), "model_run_id": m.run_id, "metrics": metrics,
               "baselines": {n: evaluate_probs(y, p, labels, n_bins) for n, p in base_probs.items()},
-              "baseline_notes": notes, "ood": ood, "confusion_matrix": counts.values.tolist(),
+              "baseline_notes": notes, "calibration": calibration, "ood": ood, "confusion_matrix": counts.values.tolist(),
               "classification_report": skm.classification_report(y, probs.argmax(axis=1), labels=list(range(len(labels))),
                                                                   target_names=list(labels), output_dict=True, zero_division=0)}
     return {"report": report, "test": test, "probs": probs, "scaled": scaled, "baseline_probs": base_probs}

@@ -15,15 +15,15 @@ from .core import (ensure_run_dir, git_commit, new_run_id, package_versions, pro
 
 # %% auto #0
 __all__ = ['STAGE_PATTERN', 'RUN_ID_PATTERN', 'ANY', 'TYPE_NAMES', 'SCALAR_CONVERTERS', 'RUNNER_PARAMETERS', 'log',
-           'SPLITS_WRITER', 'INDEX_CSS', 'stage_notebooks', 'select_stages', 'check_run_id', 'load_params',
-           'parse_value', 'apply_overrides', 'ParamType', 'union_type', 'type_from_node', 'type_from_name',
-           'type_of_default', 'declared_type', 'ParameterTypeError', 'type_problem', 'convert_value',
+           'OFFLINE_TEMPLATE', 'WIDGET_VIEW', 'SPLITS_WRITER', 'INDEX_CSS', 'stage_notebooks', 'select_stages',
+           'check_run_id', 'load_params', 'parse_value', 'apply_overrides', 'ParamType', 'union_type', 'type_from_node',
+           'type_from_name', 'type_of_default', 'declared_type', 'ParameterTypeError', 'type_problem', 'convert_value',
            'convert_parameters', 'notebook_parameters', 'declared_parameters', 'parameter_types', 'assign_parameters',
-           'stage_defaults', 'checked_parameters', 'StageFailed', 'kernel_name', 'export_html', 'failure_message',
-           'execute_stage', 'new_manifest', 'upsert_stage', 'data_hash', 'run_data_hash', 'check_loaded_splits',
-           'load_run_splits', 'SplitsLock', 'splits_dirs', 'reported_data_hash', 'hold_splits', 'check_stage_data',
-           'html_table', 'stage_section', 'write_index', 'prepare_parameters', 'run_pipeline', 'execute_stages',
-           'resume_pipeline']
+           'stage_defaults', 'checked_parameters', 'StageFailed', 'kernel_name', 'failure_message', 'execute_stage',
+           'is_log_output', 'code_page', 'page_links', 'page_notebook', 'render_page', 'export_html', 'new_manifest',
+           'upsert_stage', 'data_hash', 'run_data_hash', 'check_loaded_splits', 'load_run_splits', 'SplitsLock',
+           'splits_dirs', 'reported_data_hash', 'hold_splits', 'check_stage_data', 'html_table', 'stage_links',
+           'stage_section', 'write_index', 'prepare_parameters', 'run_pipeline', 'execute_stages', 'resume_pipeline']
 
 # %% ../nbs/12_pipeline.ipynb #e74ecb51
 STAGE_PATTERN = re.compile(r"^0\d_[\w-]+\.ipynb$")
@@ -289,15 +289,6 @@ def kernel_name() -> str:
     from jupyter_client.kernelspec import KernelSpecManager
     return "sentiment-nb" if "sentiment-nb" in KernelSpecManager().find_kernel_specs() else "python3"
 
-def export_html(notebook: str | Path) -> Path:
-    "Render an executed notebook to HTML beside it (images embedded, code shown)."
-    import nbformat
-    from nbconvert import HTMLExporter
-    nb = nbformat.read(str(notebook), as_version=4)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-    out = Path(notebook).with_suffix(".html"); out.write_text(body, encoding="utf-8")
-    return out
-
 def failure_message(stage: str, notebook: Path, out: Path, err: Exception) -> str:
     "What failed, where, and where to read it."
     cell = getattr(err, "exec_count", None) or getattr(err, "cell_index", "?")
@@ -318,8 +309,67 @@ def execute_stage(stage: str, notebook: Path, run_dir: Path, parameters: dict, k
     except Exception as e:
         record.update(status="failed", error=failure_message(stage, notebook, out, e))
     record["seconds"] = round(time.time() - started, 1)
-    if out.exists(): record["html"] = export_html(out).name
+    if out.exists(): record.update(html=export_html(out).name, code_html=code_page(out).name)
     return record
+
+# %% ../nbs/12_pipeline.ipynb #1a2953ea
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{% block html_head_js_requirejs %}{% endblock html_head_js_requirejs %}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{% block html_head_js_mathjax %}{% endblock html_head_js_mathjax %}
+{% block html_head_js_mermaidjs %}{% endblock html_head_js_mermaidjs %}
+"""
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+def is_log_output(output: dict) -> bool:
+    "A stderr stream or a widget (a progress bar): output the report page leaves to the full page."
+    return output.get("name") == "stderr" and output.get("output_type") == "stream" or WIDGET_VIEW in output.get("data", {})
+
+def code_page(path: str | Path) -> Path:
+    "The full page's path for a stage's notebook or report page: `NN_stage.code.html`."
+    return Path(path).with_suffix(".code.html")
+
+def page_links(stem: str, full: bool, log_cells: int) -> str:
+    "The markdown line on top of a page: what it shows, and links to the other page and the notebook."
+    nb_link = f"the executed notebook: [{stem}.ipynb]({stem}.ipynb)"
+    if full: return f"*The full page of `{stem}`: every cell with its code and logs. The report without code: [{stem}.html]({stem}.html); {nb_link}.*"
+    logs = f" ({log_cells} cell{'s' * (log_cells != 1)} wrote logs or warnings to stderr; they are there)" if log_cells else ""
+    return f"*The report of `{stem}`: narrative, tables and figures. Every cell with its code, tests and logs: [{stem}.code.html]({stem}.code.html){logs}; {nb_link}.*"
+
+def page_notebook(nb, stem: str, full: bool):
+    "A copy of an executed notebook for one page: the links under its title; the report copy without log outputs and empty code cells."
+    import copy, nbformat
+    nb, log_cells = copy.deepcopy(nb), 0
+    nb.metadata.pop("widgets", None)                       # the widgets' saved state: only the CDN renderer reads it
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        logs = [o for o in cell.outputs if is_log_output(o)]
+        log_cells += any(o.get("output_type") == "stream" for o in logs)
+        if full:   # a widget's view needs the CDN renderer: its text (a progress bar's last line) shows instead
+            for o in logs: o.get("data", {}).pop(WIDGET_VIEW, None)
+        else: cell.outputs = [o for o in cell.outputs if not is_log_output(o)]
+    if not full: nb.cells = [c for c in nb.cells if c.cell_type != "code" or c.outputs]
+    at = 1 if nb.cells and nb.cells[0].cell_type == "markdown" and "".join(nb.cells[0].source).startswith("#") else 0
+    nb.cells.insert(at, nbformat.v4.new_markdown_cell(page_links(stem, full, log_cells)))
+    return nb
+
+def render_page(nb, full: bool) -> str:
+    "One HTML page of a notebook in the lab look, no script from a CDN; the report page shows no code cell or prompt."
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+    exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2",
+                            extra_loaders=[DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})],
+                            exclude_input=not full, exclude_input_prompt=not full, exclude_output_prompt=not full)
+    return exporter.from_notebook_node(nb)[0]
+
+def export_html(notebook: str | Path) -> Path:
+    "Write the two pages beside an executed notebook, `NN_stage.html` (the report) and `NN_stage.code.html` (everything); return the report's path."
+    import nbformat
+    notebook = Path(notebook)
+    nb = nbformat.read(str(notebook), as_version=4)
+    code_page(notebook).write_text(render_page(page_notebook(nb, notebook.stem, True), True), encoding="utf-8")
+    out = notebook.with_suffix(".html")
+    out.write_text(render_page(page_notebook(nb, notebook.stem, False), False), encoding="utf-8")
+    return out
 
 # %% ../nbs/12_pipeline.ipynb #07a88022
 def new_manifest(run_id: str, run_dir: Path, params: dict, params_file: str | None, stages: list[str]) -> dict:
@@ -429,9 +479,9 @@ def check_stage_data(record: dict, run_dir: Path, manifest: dict, processed_dir:
 
 # %% ../nbs/12_pipeline.ipynb #d48a6868
 INDEX_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
-th{background:#f3f3f3}.ok{color:#1a7f37}.failed{color:#cf222e}.running,.skipped{color:#9a6700}
-img{max-width:100%;border:1px solid #eee;margin:.3em 0}.figs{display:grid;grid-template-columns:1fr 1fr;gap:1em}
+table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+td{overflow-wrap:break-word;max-width:48em}th{background:#f3f3f3}.ok{color:#1a7f37}.failed{color:#cf222e}.running,.skipped{color:#9a6700}
+img{max-width:100%;height:auto;border:1px solid #eee;margin:.3em 0}.figs{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
 code{background:#f6f8fa;padding:0 .3em}pre{background:#fff5f5;padding:.6em;white-space:pre-wrap}"""
 
 def html_table(rows: list[dict] | dict) -> str:
@@ -444,16 +494,22 @@ def html_table(rows: list[dict] | dict) -> str:
     body = "".join("<tr>" + "".join(f"<td>{esc(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
+def stage_links(record: dict) -> str:
+    "The links of a stage's heading: its report page, its full page with the code, its executed notebook."
+    pages = [(record.get("html"), "report"), (record.get("code_html"), "code"), (record.get("executed"), "notebook")]
+    return "".join(f' · <a href="{html.escape(f)}">{name}</a>' for f, name in pages if f)
+
 def stage_section(run_dir: Path, record: dict) -> str:
     "The index's section for one stage: status, link, headline numbers, tables and figures."
     s = record["stage"]; summary_file = run_dir / "summaries" / f"{s}.json"
     summary = read_json(summary_file) if summary_file.exists() else {}
-    link = f' · <a href="{html.escape(record["html"])}">report</a>' if record.get("html") else ""
+    link = stage_links(record)
     parts = [f'<h2 id="{s}">{html.escape(s)} <span class="{record["status"]}">{record["status"]}</span>'
              f'<small> {record.get("seconds", "")} s{link}</small></h2>']
     if record.get("error"): parts.append(f"<pre>{html.escape(record['error'])}</pre>")
     if summary.get("headline"): parts.append(html_table(summary["headline"]))
-    for title, rows in summary.get("tables", {}).items(): parts.append(f"<h3>{html.escape(title)}</h3>" + html_table(rows))
+    for title, rows in summary.get("tables", {}).items():
+        if rows: parts.append(f"<h3>{html.escape(title)}</h3>" + html_table(rows))   # no heading over an empty table
     figs = "".join(f'<a href="{html.escape(f)}"><img src="{html.escape(f)}" alt="{html.escape(Path(f).stem)}"></a>'
                    for f in summary.get("figures", []))
     if figs: parts.append(f'<div class="figs">{figs}</div>')

@@ -18,15 +18,15 @@ from .pipeline import convert_parameters, load_run_splits, type_from_name
 from .infer import use_cls_only_last_layer
 
 # %% auto #0
-__all__ = ['METRIC_ALIASES', 'LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAIN_DIR_MARKER', 'TrainingParams',
-           'check_training_params', 'resolve_device', 'cpu_supports_bf16', 'use_bf16', 'world_size', 'is_main_process',
-           'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func', 'model_config',
-           'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
+__all__ = ['METRIC_ALIASES', 'LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAIN_DIR_MARKER', 'LOGGING_STEPS',
+           'STEP_COLUMNS', 'TrainingParams', 'check_training_params', 'resolve_device', 'cpu_supports_bf16', 'use_bf16',
+           'world_size', 'is_main_process', 'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func',
+           'model_config', 'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
            'load_training_splits', 'transfer_rows', 'check_teacher_data', 'with_teacher_probabilities', 'encode_split',
            'make_collator', 'padding_fraction', 'length_grouped_batches', 'classification_metrics', 'compute_metrics',
            'best_eval_index', 'eval_records', 'KeepBestCallback', 'EpochLogCallback', 'latest_complete_checkpoint',
            'checkpoint_to_resume', 'check_train_dir', 'prepare_train_dir', 'interactive_session', 'training_arguments',
-           'history_frame', 'publish_best_model', 'stage_paths', 'build_trainer', 'training_summary',
+           'step_rows', 'history_frame', 'publish_best_model', 'stage_paths', 'build_trainer', 'training_summary',
            'train_classifier', 'plot_training_curves', 'train_from_params']
 
 # %% ../nbs/02_training.ipynb #796279a6
@@ -455,6 +455,8 @@ def interactive_session() -> bool:
     "True in a terminal or a live notebook front end, where progress bars redraw in place."
     return sys.stderr.isatty() or "JPY_SESSION_NAME" in os.environ
 
+LOGGING_STEPS = 0.02   # a train-loss and learning-rate point every 2 % of the steps (every step in a short run)
+
 def training_arguments(p: TrainingParams, train_dir: Path, device: str, bf16: bool):
     "The `TrainingArguments` for these parameters."
     from transformers import TrainingArguments
@@ -464,7 +466,7 @@ def training_arguments(p: TrainingParams, train_dir: Path, device: str, bf16: bo
         warmup_steps=float(p.warmup_ratio), lr_scheduler_type=p.lr_scheduler if p.lr_scheduler != "constant" else "constant_with_warmup",
         optim="adamw_torch_fused" if p.fused_optimizer else "adamw_torch", bf16=bf16, bf16_full_eval=False,
         train_sampling_strategy="group_by_length" if p.group_by_length else "random",
-        eval_strategy="epoch", logging_strategy="epoch",
+        eval_strategy="epoch", logging_strategy="steps", logging_steps=LOGGING_STEPS, logging_first_step=True,
         save_strategy="steps" if p.checkpoint_steps else "epoch", save_steps=p.checkpoint_steps or 500,
         save_total_limit=1, seed=p.seed, use_cpu=device == "cpu", torch_compile=p.torch_compile,
         ddp_backend="gloo" if device == "cpu" and world_size() > 1 else None,
@@ -472,17 +474,28 @@ def training_arguments(p: TrainingParams, train_dir: Path, device: str, bf16: bo
         log_level_replica="error", save_only_model=False)
 
 # %% ../nbs/02_training.ipynb #2c15ea12
+STEP_COLUMNS = ["step", "epoch", "train_loss", "learning_rate"]
+
+def step_rows(log_history: list[dict]) -> list[dict]:
+    "One row per logging step of a Trainer's log history: step, epoch, train loss, learning rate."
+    return [{"step": e["step"], "epoch": round(e["epoch"], 3), "train_loss": e["loss"], "learning_rate": e.get("learning_rate")}
+            for e in log_history if "loss" in e and "eval_loss" not in e]
+
 def history_frame(log_history: list[dict]) -> pd.DataFrame:
-    "One row per validation: epoch, step, train loss since the last validation, validation loss, accuracy, F1."
-    rows, train_loss = [], float("nan")
+    "One row per validation (epoch, step, mean train loss since the previous one, validation loss, accuracy, F1); the logging steps in `.attrs['steps']`."
+    rows, losses = [], []
     for e in log_history:
-        if "loss" in e and "eval_loss" not in e: train_loss = e["loss"]
+        if "loss" in e and "eval_loss" not in e: losses.append(e["loss"])
         if "eval_loss" in e:
-            rows.append({"epoch": round(e["epoch"], 3), "step": e["step"], "train_loss": train_loss,
+            rows.append({"epoch": round(e["epoch"], 3), "step": e["step"],
+                         "train_loss": float(np.mean(losses)) if losses else (rows[-1]["train_loss"] if rows else float("nan")),
                          "validation_loss": e["eval_loss"], "validation_accuracy": e["eval_accuracy"],
                          "validation_macro_f1": e["eval_macro_f1"]})
-    return pd.DataFrame(rows, columns=["epoch", "step", "train_loss", "validation_loss", "validation_accuracy",
-                                       "validation_macro_f1"])
+            losses = []
+    out = pd.DataFrame(rows, columns=["epoch", "step", "train_loss", "validation_loss", "validation_accuracy",
+                                      "validation_macro_f1"])
+    out.attrs["steps"] = step_rows(log_history)
+    return out
 
 # %% ../nbs/02_training.ipynb #1e15174a
 def publish_best_model(best_dir: Path, dest: Path, tokenizer, summary: dict) -> Path:
@@ -591,16 +604,23 @@ def train_classifier(p: TrainingParams) -> tuple[dict, pd.DataFrame]:
     return summary, history
 
 # %% ../nbs/02_training.ipynb #fc74cbf2
-def plot_training_curves(history: pd.DataFrame):
-    "A two-panel seaborn figure: losses per epoch, validation accuracy and macro F1 per epoch."
+def plot_training_curves(history: pd.DataFrame, steps: list[dict] | None = None):
+    "Three panels: train loss per logging step with validation loss per epoch, learning rate per step, validation scores per epoch."
     import matplotlib.pyplot as plt
-    import seaborn as sns
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    losses = history.melt("epoch", ["train_loss", "validation_loss"], "curve", "loss")
-    sns.lineplot(losses, x="epoch", y="loss", hue="curve", marker="o", ax=ax1)
-    scores = history.melt("epoch", ["validation_accuracy", "validation_macro_f1"], "metric", "score")
-    sns.lineplot(scores, x="epoch", y="score", hue="metric", marker="o", ax=ax2)
-    ax1.set_title("loss per epoch"); ax2.set_title("validation accuracy and macro F1")
+    steps = pd.DataFrame(history.attrs.get("steps", []) if steps is None else steps, columns=STEP_COLUMNS)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax in (ax1, ax2):                                                   # the epochs' ends, where validation runs
+        for s in history["step"]: ax.axvline(s, color="0.85", lw=0.8, zorder=0)
+    ax1.plot(steps["step"], steps["train_loss"], marker="." if len(steps) < 60 else None, label="train loss (per logging step)")
+    ax1.plot(history["step"], history["validation_loss"], "s--", color="C3", label="validation loss (per epoch)")
+    ax1.set(title="loss", xlabel="step", ylabel="loss"); ax1.legend(fontsize=8)
+    ax2.plot(steps["step"], steps["learning_rate"], color="C2", marker="." if len(steps) < 60 else None)
+    ax2.set(title="learning rate", xlabel="step", ylabel="learning rate"); ax2.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    for col, name, c in (("validation_accuracy", "accuracy", "C0"), ("validation_macro_f1", "macro F1", "C1")):
+        ax3.plot(history["epoch"], history[col], "o-", color=c, label=name)
+        for x, y in zip(history["epoch"], history[col]): ax3.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax3.set(title="validation accuracy and macro F1", xlabel="epoch", ylabel="score"); ax3.legend(fontsize=8); ax3.margins(y=0.2)
+    if len(history) == 1: ax3.set_xticks(history["epoch"].tolist())
     fig.tight_layout()
     return fig
 
