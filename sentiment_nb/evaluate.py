@@ -12,7 +12,7 @@ import seaborn as sns
 from sklearn import metrics as skm
 
 from .core import resolve_path, write_json
-from .infer import load_model, predict_proba
+from .infer import load_model, predict_proba, weights_sha256
 
 # %% auto #0
 __all__ = ['MIN_CALIBRATION_ROWS', 'BASELINES', 'HEADLINE_METRICS', 'model_source', 'check_same_labels', 'normalized', 'roc_auc',
@@ -324,7 +324,8 @@ def evaluate_model(source: str, splits: dict[str, pd.DataFrame], labels: Sequenc
     base_probs, notes = score_baselines(baselines, splits["train"], test, labels, seed)
     counts, _ = confusion_tables(y, probs.argmax(axis=1), labels)
     report = {"split": "test", "rows": len(test), "validation_rows": len(val), "labels": list(labels),
-              "model_dir": str(m.model_dir), "model_run_id": m.run_id, "metrics": metrics,
+              "model_dir": str(m.model_dir), "model_run_id": m.run_id,
+              "model_weights_sha256": weights_sha256(m.model_dir), "metrics": metrics,
               "baselines": {n: evaluate_probs(y, p, labels, n_bins) for n, p in base_probs.items()},
               "baseline_notes": notes, "calibration": calibration, "ood": ood, "confusion_matrix": counts.values.tolist(),
               "classification_report": skm.classification_report(y, probs.argmax(axis=1), labels=list(range(len(labels))),

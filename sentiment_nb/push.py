@@ -494,8 +494,8 @@ Sequence classifier fine-tuned from `{params.get('model_name', training.get('bas
 Out of domain (held-out positive/negative tweets, {report.get('ood', {}).get('rows', 'n/a')} rows): accuracy
 {fmt(m.get('ood_accuracy'))}{'' if m.get('ood_accuracy') is not None else ' (' + report.get('ood', {}).get('note', 'not scored') + ')'}.
 
-Calibration: ECE {fmt(m.get('ece'))}, {fmt(m.get('ece_temperature_scaled'))} after temperature scaling
-(T = {fmt(m.get('temperature'))}, fitted on {report.get('validation_rows', 'n/a')} validation rows).
+Calibration: ECE {fmt(m.get('ece'))}; {report['calibration']['note'] if report.get('calibration', {}).get('note') else
+f"{fmt(m.get('ece_temperature_scaled'))} after temperature scaling (T = {fmt(m.get('temperature'))}, fitted on {report.get('validation_rows', 'n/a')} validation rows)"}.
 
 ## Use
 
