@@ -24,7 +24,7 @@ __all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'MODEL_INPUT_NAMES', 'FUSABLE_MODE
            'quantize_onnx', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path', 'unscorable_reason',
            'SentimentModel', 'config_labels', 'training_summary', 'load_model', 'weights_sha256', 'evaluation_of',
            'check_long_text', 'score_encodings', 'predict_scores', 'predict_proba', 'predict', 'chunked_scores',
-           'predict_proba_chunked']
+           'predict_proba_chunked', 'untrained_model_dir']
 
 # %% ../nbs/11_infer.ipynb #eee96783
 def parse_s3_source(source: str) -> tuple[str, str, str]:
@@ -493,3 +493,19 @@ def predict_proba_chunked(m: SentimentModel, texts: Sequence[str], batch_size: i
                           desc: str = "scoring", long_text: str = "first") -> np.ndarray:
     "`predict_proba` over chunks of texts, with a progress bar counting texts."
     return chunked_scores(m, texts, batch_size, chunk_size, desc, long_text)[0]
+
+# %% ../nbs/11_infer.ipynb #343773fc
+def untrained_model_dir(dest: str | Path, labels: Sequence[str] = ("negative", "positive"), head_std: float = 0.0,
+                        seed: int = 0) -> Path:
+    "The embedded encoder with an untrained head for `labels`, saved as a trained model is: a real model folder in seconds."
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from sentiment_nb.core import embedded_model_path
+    torch.manual_seed(seed)
+    AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(dest)
+    m = AutoModelForSequenceClassification.from_pretrained(embedded_model_path(), num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    if head_std:   # logits of a few units, as a trained head gives, instead of near-zero ones
+        with torch.no_grad(): m.classifier.weight.normal_(0, head_std)
+    m.save_pretrained(dest)
+    return Path(dest)

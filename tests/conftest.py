@@ -37,13 +37,9 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def untrained_model(tmp_path_factory):
     "A real model folder in seconds: the embedded MiniLM encoder with an untrained 2-class head and a training summary."
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from sentiment_nb.core import embedded_model_path, write_json
-    d = tmp_path_factory.mktemp("untrained-model")
-    AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(d)
-    AutoModelForSequenceClassification.from_pretrained(
-        embedded_model_path(), num_labels=2, id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1}).save_pretrained(d)
+    from sentiment_nb.core import write_json
+    from sentiment_nb.infer import untrained_model_dir
+    d = untrained_model_dir(tmp_path_factory.mktemp("untrained-model"))
     write_json(d / "training_summary.json", {"run_id": "untrained", "params": {"max_input_length": 64}})
     return d
 
