@@ -4,7 +4,7 @@
 from __future__ import annotations
 import hashlib, importlib.util, logging, os, time, warnings
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -21,8 +21,8 @@ __all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'MODEL_INPUT_NAMES', 'FUSABLE_MODE
            'resolve_variant', 'window_overlap', 'load_text_encoder', 'pad_batch', 'length_sorted_batches', 'softmax',
            'load_torch_classifier', 'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session', 'probe_inputs',
            'max_logit_gap', 'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export', 'export_onnx',
-           'quantize_onnx', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path', 'unscorable_reason',
-           'SentimentModel', 'config_labels', 'training_summary', 'load_model', 'weights_sha256', 'evaluation_of',
+           'quantize_onnx', 'weights_sha256', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path',
+           'unscorable_reason', 'SentimentModel', 'config_labels', 'training_summary', 'load_model', 'evaluation_of',
            'check_long_text', 'score_encodings', 'predict_scores', 'predict_proba', 'predict', 'chunked_scores',
            'predict_proba_chunked', 'untrained_model_dir']
 
@@ -313,12 +313,24 @@ def quantize_onnx(src: str | Path, dst: str | Path, per_channel: bool = True) ->
 EXPORT_RECIPE = 3   # bump when export, fusion or quantization change: older caches are then rebuilt
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
 
+@lru_cache(maxsize=64)
+def _files_sha256(files: tuple[tuple[str, int, int], ...]) -> str:
+    "SHA-256 over (path, size, mtime) files' names and contents: cached, so an unchanged file is read once per process."
+    h = hashlib.sha256()
+    for path, _size, _mtime in files: h.update(f"{Path(path).name}={sha256_file(path)};".encode())
+    return h.hexdigest()
+
+def weights_sha256(model_dir: str | Path) -> str:
+    "SHA-256 over a model folder's safetensors weights: what identifies one trained model (hashed once while unchanged)."
+    files = sorted(Path(model_dir).resolve().glob("*.safetensors"))
+    return _files_sha256(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
 def model_fingerprint(model_dir: str | Path) -> str:
     "SHA-256 over a model folder's weights and config, the export recipe and the onnxruntime version."
     from importlib.metadata import version
-    d, h = Path(model_dir), hashlib.sha256(f"recipe={EXPORT_RECIPE};ort={version('onnxruntime')}".encode())
-    for f in sorted(d.glob("*.safetensors")) + [d / "config.json"]: h.update(f"{f.name}={sha256_file(f)};".encode())
-    return h.hexdigest()
+    d = Path(model_dir)
+    return hashlib.sha256(f"recipe={EXPORT_RECIPE};ort={version('onnxruntime')};weights={weights_sha256(d)};"
+                          f"config={sha256_file(d / 'config.json')}".encode()).hexdigest()
 
 def onnx_cache_dir(model_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
     "Where the ONNX files of a model folder live: `cache_dir`, `$SENTIMENT_NB_ONNX_CACHE`, else `<model_dir>.onnx/`."
@@ -413,12 +425,6 @@ def load_model(source: str | Path | None = None, max_length: int | None = None, 
                           length, config.get("pad_token_id") or 0, summary)
 
 # %% ../nbs/11_infer.ipynb #978fd43d
-def weights_sha256(model_dir: str | Path) -> str:
-    "SHA-256 over a model folder's safetensors weights: what identifies one trained model."
-    h = hashlib.sha256()
-    for f in sorted(Path(model_dir).glob("*.safetensors")): h.update(f"{f.name}={sha256_file(f)};".encode())
-    return h.hexdigest()
-
 def evaluation_of(model_dir: str | Path, run_id: str | None, metrics_path: str | Path = "") -> tuple[dict | None, str]:
     "The evaluation report (`metrics.json`, default: beside the model's folder) of this model, or None and why not."
     path = resolve_path(metrics_path) if metrics_path else Path(model_dir).parent / "metrics.json"
