@@ -19,11 +19,12 @@ __all__ = ['STAGE_PATTERN', 'RUN_ID_PATTERN', 'ANY', 'TYPE_NAMES', 'SCALAR_CONVE
            'check_run_id', 'load_params', 'parse_value', 'apply_overrides', 'ParamType', 'union_type', 'type_from_node',
            'type_from_name', 'type_of_default', 'declared_type', 'ParameterTypeError', 'type_problem', 'convert_value',
            'convert_parameters', 'notebook_parameters', 'declared_parameters', 'parameter_types', 'assign_parameters',
-           'stage_defaults', 'checked_parameters', 'StageFailed', 'kernel_name', 'failure_message', 'execute_stage',
-           'is_log_output', 'code_page', 'page_links', 'page_notebook', 'render_page', 'export_html', 'new_manifest',
-           'upsert_stage', 'data_hash', 'run_data_hash', 'check_loaded_splits', 'load_run_splits', 'SplitsLock',
-           'splits_dirs', 'reported_data_hash', 'hold_splits', 'check_stage_data', 'html_table', 'stage_links',
-           'stage_section', 'write_index', 'prepare_parameters', 'run_pipeline', 'execute_stages', 'resume_pipeline']
+           'stage_defaults', 'checked_parameters', 'param', 'StageParams', 'parameters_cell_differences', 'StageFailed',
+           'kernel_name', 'failure_message', 'execute_stage', 'is_log_output', 'code_page', 'page_links',
+           'page_notebook', 'render_page', 'export_html', 'new_manifest', 'upsert_stage', 'data_hash', 'run_data_hash',
+           'check_loaded_splits', 'load_run_splits', 'SplitsLock', 'splits_dirs', 'reported_data_hash', 'hold_splits',
+           'check_stage_data', 'html_table', 'stage_links', 'stage_section', 'write_index', 'prepare_parameters',
+           'run_pipeline', 'execute_stages', 'resume_pipeline']
 
 # %% ../nbs/12_pipeline.ipynb #e74ecb51
 STAGE_PATTERN = re.compile(r"^0\d_[\w-]+\.ipynb$")
@@ -277,6 +278,59 @@ def checked_parameters(info: dict[str, dict[str, dict]], params: dict) -> tuple[
     assign_parameters(declared, params)                       # unknown names first: their message is the clearer one
     typed = convert_parameters(params, parameter_types(info))
     return typed, assign_parameters(declared, typed)
+
+# %% ../nbs/12_pipeline.ipynb #d515ae87
+def param(default: Any, help: str):
+    "A stage parameter's field: its default and what it means (shown by the README's tables and the CLI's `--help`)."
+    import copy, dataclasses
+    if isinstance(default, (list, dict)): return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+def _type_name(t: Any) -> str:
+    "A field's annotation as the text `type_from_name` reads (modules with `from __future__ import annotations` give text already)."
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t)).replace("typing.", "")
+
+class StageParams:
+    "Base of each stage's parameters dataclass: one field per name of the notebook's `parameters` cell, same default."
+    @classmethod
+    def fields(cls) -> list:
+        import dataclasses
+        return [f for f in dataclasses.fields(cls) if f.init]
+
+    @classmethod
+    def types(cls) -> dict[str, ParamType]:
+        "Name -> declared type of each parameter."
+        return {f.name: type_from_name(_type_name(f.type)) for f in cls.fields()}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        "Name -> default of each parameter."
+        return {n: getattr(v, "default", v) for n, v in vars(cls()).items() if n in cls.types()}
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        "Name -> what the parameter means."
+        return {f.name: f.metadata.get("help", "") for f in cls.fields()}
+
+    @classmethod
+    def from_mapping(cls, values: dict):
+        "The parameters named in `values` (a notebook's globals, a YAML file) converted to their declared types; other names are ignored."
+        types = cls.types()
+        return cls(**convert_parameters({k: v for k, v in values.items() if k in types}, types))
+
+    def as_dict(self) -> dict[str, Any]:
+        "Name -> value of every parameter."
+        return {n: getattr(self, n) for n in self.types()}
+
+def parameters_cell_differences(cls: type, notebook: str | Path) -> list[str]:
+    "Where a stage's params dataclass and its notebook's `parameters` cell (as papermill reads it) disagree; [] when they match."
+    cell = {n: p["default"] for n, p in notebook_parameters(notebook).items() if n not in RUNNER_PARAMETERS}
+    ours = {n: v for n, v in cls.defaults().items() if n not in RUNNER_PARAMETERS}
+    out = [f"'{n}' is in the parameters cell of {Path(notebook).name} but not a field of {cls.__name__}" for n in cell if n not in ours]
+    out += [f"'{n}' is a field of {cls.__name__} but not in the parameters cell of {Path(notebook).name}" for n in ours if n not in cell]
+    out += [f"'{n}': default {cell[n]!r} in {Path(notebook).name} but {ours[n]!r} in {cls.__name__}"
+            for n in cell if n in ours and cell[n] != ours[n]]
+    return out
 
 # %% ../nbs/12_pipeline.ipynb #d7e39ff1
 log = logging.getLogger("sentiment_nb.pipeline")
