@@ -2,6 +2,7 @@
 
 # %% ../nbs/03_evaluation.ipynb #42daec02
 from __future__ import annotations
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -11,33 +12,82 @@ import pandas as pd
 import seaborn as sns
 from sklearn import metrics as skm
 
-from .core import resolve_path, write_json
-from .infer import load_model, predict_proba, weights_sha256
+from .core import read_json, resolve_path, write_json
+from .infer import load_model, newest_model_dir, predict_proba, training_summary, weights_sha256
+from .pipeline import StageParams, load_run_splits, param
 
 # %% auto #0
-__all__ = ['MIN_CALIBRATION_ROWS', 'BASELINES', 'HEADLINE_METRICS', 'model_source', 'check_same_labels', 'normalized', 'roc_auc',
-           'classification_metrics', 'metric_names', 'confusion_tables', 'plot_confusion', 'reliability_table',
-           'expected_calibration_error', 'plot_reliability', 'plot_confidence_histogram', 'apply_temperature',
-           'fit_temperature', 'calibrate', 'check_baselines', 'majority_baseline', 'tfidf_logreg_baseline',
-           'vader_roles', 'vader_probs', 'vader_baseline', 'score_baselines', 'evaluate_probs', 'comparison_table',
-           'metrics_rows', 'write_metrics', 'evaluation_headline', 'error_examples', 'text_table', 'ood_accuracy',
-           'sample_rows', 'evaluate_model']
+__all__ = ['BASELINES', 'MIN_CALIBRATION_ROWS', 'HEADLINE_METRICS', 'CALIBRATION_METRICS', 'EvaluationParams', 'model_source',
+           'split_labels', 'check_same_labels', 'evaluation_inputs', 'normalized', 'roc_auc', 'classification_metrics',
+           'metric_names', 'confusion_tables', 'plot_confusion', 'reliability_table', 'expected_calibration_error',
+           'plot_reliability', 'plot_confidence_histogram', 'apply_temperature', 'fit_temperature', 'calibrate',
+           'check_baselines', 'majority_baseline', 'tfidf_logreg_baseline', 'vader_roles', 'vader_probs',
+           'vader_baseline', 'score_baselines', 'evaluate_probs', 'comparison_table', 'metrics_rows', 'write_metrics',
+           'evaluation_headline', 'error_examples', 'text_table', 'ood_accuracy', 'sample_rows', 'model_metrics',
+           'evaluate_model', 'reliability_figure', 'calibration_table', 'conditions_table', 'evaluation_tables']
+
+# %% ../nbs/03_evaluation.ipynb #6d37251d
+BASELINES = ("majority", "vader", "tfidf_logreg")
+
+@dataclass
+class EvaluationParams(StageParams):
+    "The parameters of stage 03; the README's `### 03` table lists the same names and meanings."
+    model_dir: str = param("", "model to evaluate: a folder, a run id or s3://bucket/prefix[#run-id]; empty: <run_dir>/model "
+                               "(written by 02), else the newest completed run's model, with that run's splits")
+    processed_dir: str = param("data/processed", "the splits from 01 (test for the metrics, validation for temperature "
+                                                 "scaling, train for the baselines)")
+    eval_batch_size: int = param(64, "texts per forward pass when scoring the test and validation splits")
+    max_eval_rows: int = param(0, "score a sample of at most this many test and validation rows (0: all)")
+    calibration_bins: int = param(15, "equal-width confidence bins of the ECE and the reliability diagram")
+    baselines: list[str] = param(list(BASELINES), "baselines scored on the same test rows (VADER needs classes named "
+                                                  "negative/positive(/neutral))")
+    ood_rows: int = param(2000, "held-out positive/negative tweets scored for ood_accuracy (0: none)")
+    n_error_examples: int = param(10, "rows in each error-analysis table")
+    seed: int = param(42, "seed of the row sample and of the TF-IDF + logistic regression baseline")
+    push_model_s3: dict = param({"enabled": False, "conditions": [{"metric": "accuracy", "threshold": 0.8}],
+                                 "bucket_name": "sentiment-nb-models", "prefix": "sentiment-nb", "endpoint_url": "",
+                                 "region": "us-east-1"}, "push settings (enabled, conditions, bucket_name, prefix, "
+                                                         "endpoint_url, region); credentials come from the environment only")
+    run_dir: str = param("reports/notebook", "run folder: reads model/ from it, writes metrics, figures and the summary")
 
 # %% ../nbs/03_evaluation.ipynb #9059ecb0
-def model_source(model_dir: str, run_dir: str | Path) -> str:
-    "What to load: `model_dir` when given, else `<run_dir>/model`, which must hold a trained model."
-    if model_dir: return str(model_dir)
+def model_source(model_dir: str, run_dir: str | Path) -> tuple[str, Path | None]:
+    "What to load, and the other run whose model it is: `model_dir`, else `<run_dir>/model`, else the newest completed run's."
+    if model_dir: return str(model_dir), None
     d = resolve_path(run_dir) / "model"
-    if not (d / "config.json").exists():
-        raise FileNotFoundError(f"no trained model in '{d}' (config.json missing): run 02_training first, "
-                                f"or set model_dir to a model folder, a run id or s3://bucket/prefix")
-    return str(d)
+    if (d / "config.json").exists(): return str(d), None
+    try: found = newest_model_dir(resolve_path(run_dir).parent)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no trained model in '{d}' (config.json missing) and {e}; run 02_training first, "
+                                f"or set model_dir to a model folder, a run id or s3://bucket/prefix") from e
+    return str(found), found.parent
+
+def split_labels(meta: dict) -> list[str]:
+    "The class names of `splits.json`, in id order."
+    return [meta["id2label"][str(i)] for i in range(len(meta["id2label"]))]
 
 def check_same_labels(model_labels: Sequence[str], labels: Sequence[str], where: str) -> None:
     "Raise when the model's classes are not the splits' classes in the same id order."
     if list(model_labels) != list(labels):
         raise ValueError(f"the model at {where} predicts classes {list(model_labels)} but the splits have "
                          f"{list(labels)} (in id order): evaluate it on the splits it was trained for")
+
+# %% ../nbs/03_evaluation.ipynb #3599362d
+def evaluation_inputs(p: EvaluationParams) -> tuple[str, dict, dict, str]:
+    "The model to evaluate, the splits (those of the model's run when it is another run's), `splits.json`, and a line saying which."
+    source, model_run = model_source(p.model_dir, p.run_dir)
+    try: splits, meta = load_run_splits(p.processed_dir, model_run or p.run_dir)
+    except ValueError as e:
+        if model_run is None: raise
+        raise ValueError(f"the model of run {model_run.name} ({source}) cannot be evaluated on {p.processed_dir}: {e}") from e
+    trained_on = training_summary(source).get("data_hash") if model_run else None
+    if trained_on and trained_on != meta["hash"]:
+        raise ValueError(f"the model of run {model_run.name} ({source}) was trained on splits with data hash {trained_on[:12]}, "
+                         f"but {p.processed_dir} holds {meta['hash'][:12]}: set processed_dir to that run's splits, or model_dir "
+                         f"to a model trained on these")
+    if model_run is None: return source, splits, meta, f"model {source}"
+    return source, splits, meta, (f"model {source}: run {model_run.name}, the newest completed run ({resolve_path(p.run_dir) / 'model'} "
+                                  f"holds none), on its splits in {p.processed_dir} (data hash {meta['hash'][:12]})")
 
 # %% ../nbs/03_evaluation.ipynb #27d397ee
 def normalized(probs: np.ndarray) -> np.ndarray:
@@ -90,18 +140,18 @@ def plot_confusion(counts: pd.DataFrame, normalized_counts: pd.DataFrame):
     return fig
 
 # %% ../nbs/03_evaluation.ipynb #eba36b71
-def reliability_table(probs: np.ndarray, y_true: Sequence[int], n_bins: int = 15) -> pd.DataFrame:
+def reliability_table(probs: np.ndarray, y_true: Sequence[int], calibration_bins: int = 15) -> pd.DataFrame:
     "Per non-empty equal-width confidence bin: its range, rows, mean confidence and accuracy."
-    if n_bins < 1: raise ValueError(f"calibration_bins={n_bins} must be >= 1")
+    if calibration_bins < 1: raise ValueError(f"calibration_bins={calibration_bins} must be >= 1")
     p = normalized(probs); conf = p.max(axis=1); correct = p.argmax(axis=1) == np.asarray(y_true)
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    bins = np.minimum((conf * calibration_bins).astype(int), calibration_bins - 1)
     t = pd.DataFrame({"bin": bins, "confidence": conf, "accuracy": correct.astype(float)})
     t = t.groupby("bin").agg(rows=("accuracy", "size"), confidence=("confidence", "mean"), accuracy=("accuracy", "mean"))
-    return t.assign(low=t.index / n_bins, high=(t.index + 1) / n_bins).reset_index(drop=True)
+    return t.assign(low=t.index / calibration_bins, high=(t.index + 1) / calibration_bins).reset_index(drop=True)
 
-def expected_calibration_error(probs: np.ndarray, y_true: Sequence[int], n_bins: int = 15) -> float:
+def expected_calibration_error(probs: np.ndarray, y_true: Sequence[int], calibration_bins: int = 15) -> float:
     "Mean |accuracy - confidence| over the confidence bins, weighted by the rows in each bin."
-    t = reliability_table(probs, y_true, n_bins)
+    t = reliability_table(probs, y_true, calibration_bins)
     return float((t["rows"] * (t["accuracy"] - t["confidence"]).abs()).sum() / t["rows"].sum())
 
 # %% ../nbs/03_evaluation.ipynb #9e18be67
@@ -144,16 +194,16 @@ def fit_temperature(probs: np.ndarray, y_true: Sequence[int], bounds: tuple[floa
 
 MIN_CALIBRATION_ROWS = 100   # fewer validation rows than this: no temperature is fitted
 
-def calibrate(val_probs: np.ndarray, val_y: Sequence[int], probs: np.ndarray, y: Sequence[int], n_bins: int = 15,
+def calibrate(val_probs: np.ndarray, val_y: Sequence[int], probs: np.ndarray, y: Sequence[int], calibration_bins: int = 15,
               min_rows: int = MIN_CALIBRATION_ROWS) -> tuple[dict, np.ndarray]:
     "The temperature scaling used (`status` applied / skipped / not applied, with a note) and the test probabilities under it."
-    n, ece = len(val_y), expected_calibration_error(probs, y, n_bins)
+    n, ece = len(val_y), expected_calibration_error(probs, y, calibration_bins)
     out = {"status": "skipped", "temperature": 1.0, "fitted_temperature": None, "validation_rows": n,
            "ece": ece, "ece_with_fitted_temperature": None}
     if n < min_rows:
         return {**out, "note": f"skipped: {n} validation rows, fewer than the {min_rows} a temperature needs"}, probs
     t = fit_temperature(val_probs, val_y); scaled = apply_temperature(probs, t)
-    after = expected_calibration_error(scaled, y, n_bins)
+    after = expected_calibration_error(scaled, y, calibration_bins)
     out.update(fitted_temperature=t, ece_with_fitted_temperature=after)
     if after > ece:
         return {**out, "status": "not applied", "note": f"not applied: T = {t:.3g} fitted on {n} validation rows made the "
@@ -162,8 +212,6 @@ def calibrate(val_probs: np.ndarray, val_y: Sequence[int], probs: np.ndarray, y:
             "note": f"applied: T = {t:.3g} fitted on {n} validation rows, test ECE {ece:.3f} -> {after:.3f}"}, scaled
 
 # %% ../nbs/03_evaluation.ipynb #675e72a7
-BASELINES = ("majority", "vader", "tfidf_logreg")
-
 def check_baselines(names: Sequence[str]) -> list[str]:
     "The baseline names, raising on a name that is not a baseline."
     unknown = [n for n in names if n not in BASELINES]
@@ -233,9 +281,9 @@ def score_baselines(names: Sequence[str], train: pd.DataFrame, test: pd.DataFram
 # %% ../nbs/03_evaluation.ipynb #32e3b9c6
 HEADLINE_METRICS = ("accuracy", "macro_f1", "weighted_f1", "roc_auc", "log_loss", "ece")
 
-def evaluate_probs(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str], n_bins: int = 15) -> dict:
+def evaluate_probs(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str], calibration_bins: int = 15) -> dict:
     "The classification metrics and the ECE of one set of probabilities."
-    return {**classification_metrics(y_true, probs, labels), "ece": expected_calibration_error(probs, y_true, n_bins)}
+    return {**classification_metrics(y_true, probs, labels), "ece": expected_calibration_error(probs, y_true, calibration_bins)}
 
 def comparison_table(scores: dict[str, dict], columns: Sequence[str] = HEADLINE_METRICS) -> pd.DataFrame:
     "One row per model or baseline with the headline metrics."
@@ -281,53 +329,88 @@ def text_table(df: pd.DataFrame, column: str = "text"):
     return df.style.set_properties(subset=[column], **{"text-align": "left", "min-width": "24em"}).format(precision=3)
 
 # %% ../nbs/03_evaluation.ipynb #86002ff8
-def ood_accuracy(m, dataset: str, rows: int = 2000, batch_size: int = 64) -> tuple[float | None, dict]:
+def ood_accuracy(m, dataset: str, ood_rows: int = 2000, eval_batch_size: int = 64) -> tuple[float | None, dict]:
     "Accuracy of model `m` on the held-out positive/negative tweets, and what was scored (or why nothing was)."
     from sentiment_nb.data import clean_text
     from sentiment_nb.distill import OOD_SEED, split_ood_tweets
-    if rows <= 0: return None, {"note": "ood_rows is 0"}
+    if ood_rows <= 0: return None, {"note": "ood_rows is 0"}
     if dataset == "tweets_3class": return None, {"note": "the model was trained on the tweets: they are not out of domain"}
     missing = sorted({"negative", "positive"} - set(m.labels))
     if missing: return None, {"note": f"the model has no class {missing}"}
     held = split_ood_tweets()[0]
-    if rows < len(held): held = held.sample(rows, random_state=OOD_SEED)
+    if ood_rows < len(held): held = held.sample(ood_rows, random_state=OOD_SEED)
     cols = [m.labels.index("negative"), m.labels.index("positive")]
-    probs = predict_proba(m, [clean_text(t) for t in held["text"]], batch_size)[:, cols]
+    probs = predict_proba(m, [clean_text(t) for t in held["text"]], eval_batch_size)[:, cols]
     pred = np.array(["negative", "positive"])[probs.argmax(axis=1)]
     return float((pred == held["label_name"].to_numpy()).mean()), {"rows": len(held), "set": "tweets_3class positive/negative, held out"}
 
 # %% ../nbs/03_evaluation.ipynb #1f6359a6
-def sample_rows(df: pd.DataFrame, max_rows: int, seed: int = 42) -> pd.DataFrame:
-    "At most `max_rows` rows of `df` (a random sample in the original order), all rows when 0."
-    if max_rows < 0: raise ValueError(f"max_eval_rows={max_rows} must be >= 0 (0 scores every row)")
-    if not max_rows or max_rows >= len(df): return df.reset_index(drop=True)
-    return df.sample(max_rows, random_state=seed).sort_index().reset_index(drop=True)
+def sample_rows(df: pd.DataFrame, max_eval_rows: int, seed: int = 42) -> pd.DataFrame:
+    "At most `max_eval_rows` rows of `df` (a random sample in the original order), all rows when 0."
+    if max_eval_rows < 0: raise ValueError(f"max_eval_rows={max_eval_rows} must be >= 0 (0 scores every row)")
+    if not max_eval_rows or max_eval_rows >= len(df): return df.reset_index(drop=True)
+    return df.sample(max_eval_rows, random_state=seed).sort_index().reset_index(drop=True)
 
-def evaluate_model(source: str, splits: dict[str, pd.DataFrame], labels: Sequence[str], batch_size: int = 64,
-                   max_rows: int = 0, n_bins: int = 15, baselines: Sequence[str] = BASELINES, seed: int = 42,
-                   dataset: str = "", ood_rows: int = 2000) -> dict:
+def model_metrics(y: np.ndarray, probs: np.ndarray, scaled: np.ndarray, labels: Sequence[str], calibration: dict,
+                  calibration_bins: int = 15) -> dict:
+    "The model's test metrics, with the ECE and log loss under the temperature scaling used, and that temperature."
+    return {**evaluate_probs(y, probs, labels, calibration_bins),
+            "ece_temperature_scaled": expected_calibration_error(scaled, y, calibration_bins),
+            "log_loss_temperature_scaled": float(skm.log_loss(y, scaled, labels=list(range(len(labels))))),
+            "temperature": calibration["temperature"]}
+
+# %% ../nbs/03_evaluation.ipynb #7259cefc
+def evaluate_model(source: str, splits: dict[str, pd.DataFrame], meta: dict, p: EvaluationParams = EvaluationParams()) -> dict:
     "Score the test (and validation) split with the model and the baselines; return the report and the arrays behind it."
-    check_baselines(baselines)
-    if batch_size < 1: raise ValueError(f"eval_batch_size={batch_size} must be >= 1")
-    test, val = sample_rows(splits["test"], max_rows, seed), sample_rows(splits["validation"], max_rows, seed)
+    labels, bins = split_labels(meta), p.calibration_bins
+    check_baselines(p.baselines)
+    if p.eval_batch_size < 1: raise ValueError(f"eval_batch_size={p.eval_batch_size} must be >= 1")
+    test, val = sample_rows(splits["test"], p.max_eval_rows, p.seed), sample_rows(splits["validation"], p.max_eval_rows, p.seed)
     if test.empty: raise ValueError("the test split is empty: nothing to evaluate")
     m = load_model(source)
     check_same_labels(m.labels, labels, str(m.model_dir))
-    probs = predict_proba(m, test["text"].tolist(), batch_size)
-    y = test["label"].to_numpy()
-    calibration, scaled = calibrate(predict_proba(m, val["text"].tolist(), batch_size), val["label"].to_numpy(), probs, y, n_bins)
-    metrics = evaluate_probs(y, probs, labels, n_bins)
-    metrics.update(ece_temperature_scaled=expected_calibration_error(scaled, y, n_bins),
-                   log_loss_temperature_scaled=float(skm.log_loss(y, scaled, labels=list(range(len(labels))))),
-                   temperature=calibration["temperature"])
-    metrics["ood_accuracy"], ood = ood_accuracy(m, dataset, ood_rows, batch_size)
-    base_probs, notes = score_baselines(baselines, splits["train"], test, labels, seed)
-    counts, _ = confusion_tables(y, probs.argmax(axis=1), labels)
+    probs, y = predict_proba(m, test["text"].tolist(), p.eval_batch_size), test["label"].to_numpy()
+    val_probs = predict_proba(m, val["text"].tolist(), p.eval_batch_size)
+    calibration, scaled = calibrate(val_probs, val["label"].to_numpy(), probs, y, bins)
+    metrics = model_metrics(y, probs, scaled, labels, calibration, bins)
+    metrics["ood_accuracy"], ood = ood_accuracy(m, meta.get("source", {}).get("dataset", ""), p.ood_rows, p.eval_batch_size)
+    base_probs, notes = score_baselines(p.baselines, splits["train"], test, labels, p.seed)
+    pred = probs.argmax(axis=1)
     report = {"split": "test", "rows": len(test), "validation_rows": len(val), "labels": list(labels),
-              "model_dir": str(m.model_dir), "model_run_id": m.run_id,
-              "model_weights_sha256": weights_sha256(m.model_dir), "metrics": metrics,
-              "baselines": {n: evaluate_probs(y, p, labels, n_bins) for n, p in base_probs.items()},
-              "baseline_notes": notes, "calibration": calibration, "ood": ood, "confusion_matrix": counts.values.tolist(),
-              "classification_report": skm.classification_report(y, probs.argmax(axis=1), labels=list(range(len(labels))),
+              "model_dir": str(m.model_dir), "model_run_id": m.run_id, "model_weights_sha256": weights_sha256(m.model_dir),
+              "data_hash": meta["hash"], "metrics": metrics,
+              "baselines": {n: evaluate_probs(y, bp, labels, bins) for n, bp in base_probs.items()},
+              "baseline_notes": notes, "calibration": calibration, "ood": ood,
+              "confusion_matrix": confusion_tables(y, pred, labels)[0].values.tolist(),
+              "classification_report": skm.classification_report(y, pred, labels=list(range(len(labels))),
                                                                   target_names=list(labels), output_dict=True, zero_division=0)}
-    return {"report": report, "test": test, "probs": probs, "scaled": scaled, "baseline_probs": base_probs}
+    return {"report": report, "test": test, "y": y, "probs": probs, "scaled": scaled, "baseline_probs": base_probs}
+
+# %% ../nbs/03_evaluation.ipynb #61675fb7
+CALIBRATION_METRICS = ("ece", "ece_temperature_scaled", "log_loss", "log_loss_temperature_scaled", "temperature")
+
+def reliability_figure(probs: np.ndarray, y_true: Sequence[int], report: dict, calibration_bins: int = 15):
+    "The reliability diagram of the model's probabilities, and of the fitted temperature's when one was fitted."
+    cal = report["calibration"]
+    tables = {"model": reliability_table(probs, y_true, calibration_bins)}
+    eces = {"model": report["metrics"]["ece"]}
+    if cal["fitted_temperature"] is not None:
+        name = f"temperature {cal['fitted_temperature']:.2f}" + ("" if cal["status"] == "applied" else " (not applied)")
+        tables[name] = reliability_table(apply_temperature(probs, cal["fitted_temperature"]), y_true, calibration_bins)
+        eces[name] = cal["ece_with_fitted_temperature"]
+    return plot_reliability(tables, eces)
+
+def calibration_table(report: dict) -> pd.DataFrame:
+    "ECE and log loss before and after the temperature scaling used, and the temperature."
+    return pd.Series({k: report["metrics"][k] for k in CALIBRATION_METRICS}).to_frame("value")
+
+def conditions_table(outcome: dict) -> pd.DataFrame | None:
+    "The push conditions with their values, None when the push is off (no empty table)."
+    return pd.DataFrame(outcome["conditions"]) if outcome["conditions"] else None
+
+def evaluation_tables(table: pd.DataFrame, outcome: dict, mistakes: pd.DataFrame) -> dict:
+    "The stage summary's tables: the comparison, the push conditions and the most confident mistakes (whole texts)."
+    conditions = [{k: r[k] for k in ("metric", "threshold", "value", "holds")} for r in outcome["conditions"]]
+    return {"metrics: model and baselines (test split)": table.reset_index().round(4).to_dict("records"),
+            **({"push conditions": conditions} if conditions else {}),
+            "most confident mistakes": mistakes.round(3).to_dict("records")}

@@ -10,14 +10,16 @@ from typing import Any, Callable
 from .core import new_run_id, read_json, resolve_path, sha256_file, write_json
 
 # %% auto #0
-__all__ = ['PUSH_DEFAULTS', 'LOWER_IS_BETTER', 'AUTH_CODES', 'NOT_FOUND_CODES', 'TRANSIENT_CODES', 'MAX_SINGLE_UPLOAD',
-           'WEED_PORT_FLAGS', 'PushError', 'check_bucket_name', 'check_prefix', 'check_run_id', 'check_conditions',
-           'push_settings', 'check_condition_metrics', 'condition_results', 's3_client', 'error_code', 'is_transient',
-           'explain_s3_error', 'with_retries', 'check_credentials', 'sha256_bytes', 'remote_matches', 'upload_verified',
-           'bucket_exists', 'ensure_bucket', 'check_push_ready', 'port_is_free', 'free_ports', 'weed_binary',
-           'read_one_object_per_bucket', 'LocalS3Server', 'local_s3_server', 's3_key', 'run_files', 'push_model',
-           'check_relative_key', 'default_cache_dir', 'local_copy_verified', 'read_object', 'download_verified',
-           'resolve_run', 'pull_model', 'push_run_id', 'push_if_conditions_hold', 'raise_if_push_failed', 'model_card']
+__all__ = ['PUSH_DEFAULTS', 'LOWER_IS_BETTER', 'AUTH_CODES', 'NOT_FOUND_CODES', 'S3_MAX_ATTEMPTS', 'MAX_SINGLE_UPLOAD',
+           'WEED_PORT_FLAGS', 'SCRATCH_RUN_NAMES', 'PushError', 'check_bucket_name', 'check_prefix', 'check_run_id',
+           'check_conditions', 'push_settings', 'check_condition_metrics', 'condition_results', 's3_config',
+           's3_client', 'error_code', 'is_unreachable', 'attempts_made', 'explain_s3_error', 's3_call',
+           'check_credentials', 'sha256_bytes', 'remote_matches', 'upload_verified', 'bucket_exists', 'ensure_bucket',
+           'check_push_ready', 'port_is_free', 'free_ports', 'weed_binary', 'read_one_object_per_bucket',
+           'LocalS3Server', 'local_s3_server', 's3_key', 'run_files', 'push_model', 'check_relative_key',
+           'default_cache_dir', 'local_copy_verified', 'read_object', 'download_verified', 'resolve_run', 'pull_model',
+           'push_run_id', 'push_ids', 'push_if_conditions_hold', 'raise_if_push_failed', 'model_card',
+           'pushed_location', 'push_evaluation']
 
 # %% ../nbs/14_push.ipynb #09e0d86c
 PUSH_DEFAULTS = {"enabled": False, "conditions": [], "bucket_name": "", "prefix": "sentiment-nb", "endpoint_url": "",
@@ -103,15 +105,21 @@ def condition_results(metrics: dict, conditions: list[dict]) -> list[dict]:
 AUTH_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken",
               "InvalidClientTokenId", "UnrecognizedClientException", "AuthorizationHeaderMalformed", "403")
 NOT_FOUND_CODES = ("404", "NoSuchBucket", "NoSuchKey", "NotFound")
-TRANSIENT_CODES = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
-                   "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "500", "502", "503", "504")
+S3_MAX_ATTEMPTS = 4   # requests per call, the first one included
 
-def s3_client(endpoint_url: str = "", region: str = "us-east-1", read_timeout_s: float = 60.0):
-    "A boto3 S3 client with credentials from the AWS chain that never retries by itself (`with_retries` does)."
-    import boto3
+def s3_config(region: str = "us-east-1", max_attempts: int = S3_MAX_ATTEMPTS, read_timeout_s: float = 60.0,
+              path_style: bool = False, connect_timeout_s: float = 5.0):
+    "botocore settings: `standard` retries, at most `max_attempts` requests per call (botocore's own `max_attempts` key counts retries only)."
     from botocore.config import Config
-    cfg = Config(region_name=region or None, connect_timeout=5, read_timeout=read_timeout_s,
-                 retries={"total_max_attempts": 1}, s3={"addressing_style": "path"} if endpoint_url else None)
+    return Config(region_name=region or None, connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
+                  retries={"mode": "standard", "total_max_attempts": max_attempts},
+                  s3={"addressing_style": "path"} if path_style else None)
+
+def s3_client(endpoint_url: str = "", region: str = "us-east-1", read_timeout_s: float = 60.0,
+              max_attempts: int = S3_MAX_ATTEMPTS):
+    "A boto3 S3 client with credentials from the AWS chain that retries transient errors (botocore's `standard` mode)."
+    import boto3
+    cfg = s3_config(region, max_attempts, read_timeout_s, path_style=bool(endpoint_url))
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=cfg)  # reads the chain now
 
 def error_code(err: Exception) -> str | None:
@@ -120,11 +128,16 @@ def error_code(err: Exception) -> str | None:
     return str(err.response.get("Error", {}).get("Code") or err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")) \
         if isinstance(err, ClientError) else None
 
-def is_transient(err: Exception) -> bool:
-    "Whether retrying could help: a connection failure, a timeout, a 5xx or throttling; never an auth error."
+def is_unreachable(err: Exception) -> bool:
+    "Whether the request got no answer at all: a connection failure or a timeout."
     from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
-    code = error_code(err)
-    return code in TRANSIENT_CODES if code is not None else isinstance(err, (BotoConnectionError, HTTPClientError))
+    return isinstance(err, (BotoConnectionError, HTTPClientError))
+
+def attempts_made(err: Exception, client) -> int:
+    "Requests botocore sent for the failed call: its retry count for an S3 answer, its whole budget when S3 never answered."
+    from botocore.exceptions import ClientError
+    if isinstance(err, ClientError): return int(err.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)) + 1
+    return int(client.meta.config.retries.get("total_max_attempts", 1)) if is_unreachable(err) else 1
 
 # %% ../nbs/14_push.ipynb #63eaa13e
 def explain_s3_error(err: Exception, what: str, attempts: int) -> str:
@@ -135,20 +148,17 @@ def explain_s3_error(err: Exception, what: str, attempts: int) -> str:
                 f"AWS_SECRET_ACCESS_KEY or the AWS profile, and that they may use this bucket")
     if code in NOT_FOUND_CODES: return f"not found ({code}) while {what}"
     if code is not None: return f"S3 error {code} while {what} after {tries}: {err}"
-    if is_transient(err): return f"could not reach S3 while {what} after {tries}: {type(err).__name__}: {err}"
+    if is_unreachable(err): return f"could not reach S3 while {what} after {tries}: {type(err).__name__}: {err}"
     from botocore.exceptions import NoCredentialsError, PartialCredentialsError
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return f"no usable AWS credentials while {what} ({err}): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
     return f"{type(err).__name__} while {what}: {err}"
 
-def with_retries(call: Callable[[], Any], what: str, tries: int = 4, backoff_s: float = 1.0) -> Any:
-    "`call()`, retried with exponential backoff on transient S3 and network errors; a PushError that explains any failure."
+def s3_call(client, call: Callable[[], Any], what: str) -> Any:
+    "`call()` on `client` (botocore has retried what can pass); any S3 or network failure as a PushError that explains it."
     from botocore.exceptions import BotoCoreError, ClientError
-    for attempt in range(1, tries + 1):
-        try: return call()
-        except (BotoCoreError, ClientError) as e:
-            if not is_transient(e) or attempt >= tries: raise PushError(explain_s3_error(e, what, attempt)) from e
-            time.sleep(backoff_s * 2 ** (attempt - 1))
+    try: return call()
+    except (BotoCoreError, ClientError) as e: raise PushError(explain_s3_error(e, what, attempts_made(e, client))) from e
 
 # %% ../nbs/14_push.ipynb #418a6284
 def check_credentials(region: str = "us-east-1") -> None:
@@ -176,13 +186,13 @@ def remote_matches(client, bucket: str, key: str, size: int, sha256: str) -> boo
     remote = base64.b64decode(remote).hex() if remote else head.get("Metadata", {}).get("sha256")
     return head.get("ContentLength") == size and remote == sha256
 
-def upload_verified(client, bucket: str, key: str, source: Path | bytes, tries: int = 4, backoff_s: float = 1.0) -> dict:
+def upload_verified(client, bucket: str, key: str, source: Path | bytes) -> dict:
     "Upload a file (or bytes) with its SHA-256, confirm size and checksum; return size, sha256 and what happened."
     size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
     if size > MAX_SINGLE_UPLOAD: raise PushError(f"{source} is {size} bytes: over the 5 GiB limit of one S3 upload")
     sha = sha256_bytes(source) if isinstance(source, bytes) else sha256_file(source)
     where = f"s3://{bucket}/{key}"
-    if with_retries(lambda: remote_matches(client, bucket, key, size, sha), f"checking {where}", tries, backoff_s):
+    if s3_call(client, lambda: remote_matches(client, bucket, key, size, sha), f"checking {where}"):
         return {"size": size, "sha256": sha, "status": "present"}
     def put():
         body = source if isinstance(source, bytes) else open(source, "rb")
@@ -190,33 +200,34 @@ def upload_verified(client, bucket: str, key: str, source: Path | bytes, tries: 
                                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode())
         finally:
             if not isinstance(body, bytes): body.close()
-    with_retries(put, f"uploading {where}", tries, backoff_s)
-    if not with_retries(lambda: remote_matches(client, bucket, key, size, sha), f"verifying {where}", tries, backoff_s):
+    s3_call(client, put, f"uploading {where}")
+    if not s3_call(client, lambda: remote_matches(client, bucket, key, size, sha), f"verifying {where}"):
         raise PushError(f"{where} does not match what was sent ({size} bytes, sha256 {sha[:12]}...) after the upload")
     return {"size": size, "sha256": sha, "status": "uploaded"}
 
-def bucket_exists(client, bucket: str, tries: int = 4, backoff_s: float = 1.0) -> bool:
+# %% ../nbs/14_push.ipynb #2a3197fd
+def bucket_exists(client, bucket: str) -> bool:
     "Whether the bucket exists; a PushError when S3 cannot be reached or refuses the credentials."
-    try: with_retries(lambda: client.head_bucket(Bucket=bucket), f"checking bucket {bucket!r}", tries, backoff_s)
+    try: s3_call(client, lambda: client.head_bucket(Bucket=bucket), f"checking bucket {bucket!r}")
     except PushError as e:
         if error_code(e.__cause__) in NOT_FOUND_CODES: return False
         raise
     return True
 
-def ensure_bucket(client, bucket: str, region: str = "us-east-1", tries: int = 4, backoff_s: float = 1.0) -> bool:
+def ensure_bucket(client, bucket: str, region: str = "us-east-1") -> bool:
     "Create the bucket when it does not exist; True when it was created."
-    if bucket_exists(client, bucket, tries, backoff_s): return False
+    if bucket_exists(client, bucket): return False
     where = {} if region in ("", None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-    with_retries(lambda: client.create_bucket(Bucket=bucket, **where), f"creating bucket {bucket!r}", tries, backoff_s)
+    s3_call(client, lambda: client.create_bucket(Bucket=bucket, **where), f"creating bucket {bucket!r}")
     return True
 
 # %% ../nbs/14_push.ipynb #52ade85c
-def check_push_ready(settings: dict, known_metrics: list[str], client=None, tries: int = 2, backoff_s: float = 0.5) -> None:
+def check_push_ready(settings: dict, known_metrics: list[str], client=None) -> None:
     "When the push is enabled: conditions name real metrics, credentials exist, the endpoint answers and accepts them."
     check_condition_metrics(settings["conditions"], known_metrics)
     if not settings["enabled"]: return
     check_credentials(settings["region"])
-    bucket_exists(client or s3_client(settings["endpoint_url"], settings["region"]), settings["bucket_name"], tries, backoff_s)
+    bucket_exists(client or s3_client(settings["endpoint_url"], settings["region"], max_attempts=2), settings["bucket_name"])
 
 # %% ../nbs/14_push.ipynb #5e7305b3
 WEED_PORT_FLAGS = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
@@ -268,13 +279,12 @@ class LocalS3Server:
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                 "AWS_ENDPOINT_URL_S3": self.endpoint_url}
 
-    def client(self):
-        "A boto3 client for this server with its credentials."
+    def client(self, max_attempts: int = S3_MAX_ATTEMPTS):
+        "A boto3 client for this server with its credentials (botocore's `standard` retries, `max_attempts` requests per call)."
         import boto3
-        from botocore.config import Config
         return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
-                            config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10))
+                            aws_secret_access_key=self.secret_key,
+                            config=s3_config("us-east-1", max_attempts, 10, path_style=True, connect_timeout_s=2))
 
     def choose_ports(self) -> dict[str, int]:
         "The ports saved in the data folder when all are still free, else fresh free ones (saved)."
@@ -308,7 +318,7 @@ class LocalS3Server:
 
     def wait_ready(self) -> None:
         "Poll until ListBuckets succeeds and stored data reads back; raise with the log's tail when the server exits or times out."
-        client, deadline, last = self.client(), time.time() + self.timeout_s, None
+        client, deadline, last = self.client(max_attempts=1), time.time() + self.timeout_s, None
         while time.time() < deadline:
             if self.process.poll() is not None: break
             try: read_one_object_per_bucket(client); return
@@ -344,21 +354,20 @@ def run_files(model_dir: str | Path, extra: dict[str, str | Path] | None = None)
     return {**files, **{k: Path(v) for k, v in (extra or {}).items() if Path(v).exists()}}
 
 def push_model(model_dir: str | Path, bucket: str, prefix: str, run_id: str, extra_files: dict | None = None,
-               endpoint_url: str = "", region: str = "us-east-1", client=None, info: dict | None = None,
-               tries: int = 4, backoff_s: float = 1.0) -> dict:
+               endpoint_url: str = "", region: str = "us-east-1", client=None, info: dict | None = None) -> dict:
     "Upload a model and its reports under `prefix/<run-id>/`, verify each file, then point `prefix/latest.json` at it."
     bucket, prefix, run_id = check_bucket_name(bucket), check_prefix(prefix), check_run_id(run_id)
     client, files, started = client or s3_client(endpoint_url, region), run_files(model_dir, extra_files), time.time()
-    created = ensure_bucket(client, bucket, region, tries, backoff_s)
+    created = ensure_bucket(client, bucket, region)
     base = s3_key(prefix, run_id)
-    entries = {rel: upload_verified(client, bucket, s3_key(base, rel), path, tries, backoff_s) for rel, path in files.items()}
+    entries = {rel: upload_verified(client, bucket, s3_key(base, rel), path) for rel, path in files.items()}
     manifest = {"format": 1, "run_id": run_id, "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **(info or {}), "files": {rel: {"size": e["size"], "sha256": e["sha256"]} for rel, e in entries.items()}}
     body = json.dumps(manifest, indent=2).encode()
-    upload_verified(client, bucket, s3_key(base, "manifest.json"), body, tries, backoff_s)
+    upload_verified(client, bucket, s3_key(base, "manifest.json"), body)
     latest = {"run_id": run_id, "manifest": s3_key(base, "manifest.json"), "manifest_sha256": sha256_bytes(body),
               "pushed_at": manifest["pushed_at"], **(info or {})}
-    upload_verified(client, bucket, s3_key(prefix, "latest.json"), json.dumps(latest, indent=2).encode(), tries, backoff_s)
+    upload_verified(client, bucket, s3_key(prefix, "latest.json"), json.dumps(latest, indent=2).encode())
     return {"uri": f"s3://{bucket}/{base}/", "latest": f"s3://{bucket}/{s3_key(prefix, 'latest.json')}", "run_id": run_id,
             "files": len(entries), "uploaded": sum(e["status"] == "uploaded" for e in entries.values()),
             "already_present": sum(e["status"] == "present" for e in entries.values()),
@@ -384,13 +393,11 @@ def local_copy_verified(folder: Path, files: dict) -> bool:
     return all((folder / rel).is_file() and (folder / rel).stat().st_size == e["size"] and sha256_file(folder / rel) == e["sha256"]
                for rel, e in files.items())
 
-def read_object(client, bucket: str, key: str, tries: int = 4, backoff_s: float = 1.0) -> bytes:
+def read_object(client, bucket: str, key: str) -> bytes:
     "The bytes of one (small) object."
-    return with_retries(lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read(), f"reading s3://{bucket}/{key}",
-                        tries, backoff_s)
+    return s3_call(client, lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read(), f"reading s3://{bucket}/{key}")
 
-def download_verified(client, bucket: str, key: str, dest: Path, size: int, sha256: str, tries: int = 4,
-                      backoff_s: float = 1.0) -> None:
+def download_verified(client, bucket: str, key: str, dest: Path, size: int, sha256: str) -> None:
     "Download one object to `dest`, hashing as it streams; raise when size or SHA-256 differ from the manifest."
     dest.parent.mkdir(parents=True, exist_ok=True)
     def get():
@@ -399,22 +406,22 @@ def download_verified(client, bucket: str, key: str, dest: Path, size: int, sha2
             for chunk in client.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
                 f.write(chunk); h.update(chunk); n += len(chunk)
         return n, h.hexdigest()
-    n, got = with_retries(get, f"downloading s3://{bucket}/{key}", tries, backoff_s)
+    n, got = s3_call(client, get, f"downloading s3://{bucket}/{key}")
     if (n, got) != (size, sha256):
         raise PushError(f"checksum mismatch for s3://{bucket}/{key}: the manifest says {size} bytes, sha256 {sha256[:16]}..., "
                         f"the download is {n} bytes, sha256 {got[:16]}...; refusing to load this model")
 
 # %% ../nbs/14_push.ipynb #08795d2b
-def resolve_run(client, bucket: str, prefix: str, run_id: str, tries: int = 4, backoff_s: float = 1.0) -> tuple[str, dict]:
+def resolve_run(client, bucket: str, prefix: str, run_id: str) -> tuple[str, dict]:
     "The run id and its manifest: the run `latest.json` names (its manifest SHA-256 checked) or the given one."
     expected = None
     if run_id == "latest":
-        try: latest = json.loads(read_object(client, bucket, s3_key(prefix, "latest.json"), tries, backoff_s))
+        try: latest = json.loads(read_object(client, bucket, s3_key(prefix, "latest.json")))
         except PushError as e:
             if error_code(e.__cause__) not in NOT_FOUND_CODES: raise
             raise PushError(f"no model pushed to s3://{bucket}/{prefix} to pull: {e}") from e
         run_id, expected = latest.get("run_id"), latest.get("manifest_sha256")
-    body = read_object(client, bucket, s3_key(prefix, check_run_id(run_id), "manifest.json"), tries, backoff_s)
+    body = read_object(client, bucket, s3_key(prefix, check_run_id(run_id), "manifest.json"))
     if expected and sha256_bytes(body) != expected:
         raise PushError(f"the manifest of run {run_id} in s3://{bucket}/{prefix} does not match the SHA-256 in latest.json: refusing it")
     manifest = json.loads(body)
@@ -425,11 +432,11 @@ def resolve_run(client, bucket: str, prefix: str, run_id: str, tries: int = 4, b
     return run_id, manifest
 
 def pull_model(bucket: str, prefix: str, run_id: str = "latest", cache_dir: str | Path | None = None,
-               endpoint_url: str = "", region: str = "us-east-1", client=None, tries: int = 4, backoff_s: float = 1.0) -> Path:
+               endpoint_url: str = "", region: str = "us-east-1", client=None) -> Path:
     "Download a pushed model (the latest run, or `run_id`), verify every file, return the local model folder."
     bucket, prefix = check_bucket_name(bucket), check_prefix(prefix)
     client = client or s3_client(endpoint_url, region)
-    run_id, manifest = resolve_run(client, bucket, prefix, run_id, tries, backoff_s)
+    run_id, manifest = resolve_run(client, bucket, prefix, run_id)
     dest = (Path(cache_dir) if cache_dir else default_cache_dir()) / bucket / (prefix or "_") / run_id
     if local_copy_verified(dest, manifest["files"]): return dest / "model"
     tmp = dest.with_name(f".{run_id}.partial-{os.getpid()}")
@@ -438,7 +445,7 @@ def pull_model(bucket: str, prefix: str, run_id: str = "latest", cache_dir: str 
         for rel, e in manifest["files"].items():
             target = tmp / rel
             if not target.resolve().is_relative_to(tmp.resolve()): check_relative_key("../" + rel)
-            download_verified(client, bucket, s3_key(prefix, run_id, rel), target, e["size"], e["sha256"], tries, backoff_s)
+            download_verified(client, bucket, s3_key(prefix, run_id, rel), target, e["size"], e["sha256"])
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(dest, ignore_errors=True); dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
@@ -446,23 +453,32 @@ def pull_model(bucket: str, prefix: str, run_id: str = "latest", cache_dir: str 
     return dest / "model"
 
 # %% ../nbs/14_push.ipynb #bc4fbddb
+SCRATCH_RUN_NAMES = ("", "notebook")   # run folders that are not a pipeline run (JupyterLab's is reports/notebook)
+
 def push_run_id(run_dir: str | Path) -> str:
     "The run id a push files the model under: the run folder's name (a new id for JupyterLab's `reports/notebook`)."
     name = Path(run_dir).name
-    return new_run_id() if name in ("", "notebook") else check_run_id(name)
+    return new_run_id() if name in SCRATCH_RUN_NAMES else check_run_id(name)
+
+def push_ids(model_run_id: str | None, run_dir: str | Path) -> dict:
+    "The id a push is keyed by (the model's training run, else the evaluation run's) and both runs' ids."
+    evaluation = Path(resolve_path(run_dir)).name
+    trained = model_run_id if model_run_id not in (None, *SCRATCH_RUN_NAMES) else None
+    return {"run_id": check_run_id(trained) if trained else push_run_id(run_dir),
+            "training_run_id": model_run_id, "evaluation_run_id": evaluation}
 
 def push_if_conditions_hold(settings: dict, metrics: dict, model_dir: str | Path, run_id: str,
-                            extra_files: dict | None = None, client=None, tries: int = 4, backoff_s: float = 1.0) -> dict:
+                            extra_files: dict | None = None, client=None, info: dict | None = None) -> dict:
     "Push the model when the push is enabled and every condition holds; return what happened and why."
     if not settings["enabled"]:
         return {"status": "disabled", "message": "push disabled (push_model_s3.enabled is false)", "conditions": []}
     results = condition_results(metrics, settings["conditions"])
     failed = [r["text"] for r in results if not r["holds"]]
     if failed: return {"status": "skipped", "message": "not pushed: " + "; ".join(failed), "conditions": results}
-    info = {k: metrics.get(k) for k in ("accuracy", "macro_f1")}
+    info = {**{k: metrics.get(k) for k in ("accuracy", "macro_f1")}, **(info or {})}
     try:
         out = push_model(model_dir, settings["bucket_name"], settings["prefix"], run_id, extra_files,
-                         settings["endpoint_url"], settings["region"], client, info, tries, backoff_s)
+                         settings["endpoint_url"], settings["region"], client, info)
     except PushError as e:
         return {"status": "failed", "message": f"push failed, nothing marked latest: {e}", "conditions": results}
     return {"status": "pushed", "message": f"pushed {out['files']} files to {out['uri']} and marked it latest",
@@ -474,7 +490,7 @@ def raise_if_push_failed(outcome: dict) -> dict:
     return outcome
 
 # %% ../nbs/14_push.ipynb #86ec0186
-def model_card(report: dict, training: dict, run_id: str, uri: str = "") -> str:
+def model_card(report: dict, training: dict, run_id: str, uri: str = "", evaluation_run_id: str = "") -> str:
     "A markdown model card from the evaluation report and the training summary."
     m, rows = report["metrics"], [("model", report["metrics"])] + list(report.get("baselines", {}).items())
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
@@ -483,7 +499,8 @@ def model_card(report: dict, training: dict, run_id: str, uri: str = "") -> str:
     return f"""# Sentiment classifier `{run_id}`
 
 Sequence classifier fine-tuned from `{params.get('model_name', training.get('base_model', 'n/a'))}` for
-{len(report['labels'])} classes: {', '.join(report['labels'])}. Trained and evaluated by the sentiment_nb pipeline.
+{len(report['labels'])} classes: {', '.join(report['labels'])}. Trained{f' in run `{training["run_id"]}`' if training.get('run_id') else ''} and
+evaluated{f' in run `{evaluation_run_id}`' if evaluation_run_id else ''} by the sentiment_nb pipeline.
 
 ## Test split ({report['rows']} rows)
 
@@ -508,3 +525,19 @@ predict(m, ["a wonderful film"])
 Weights are safetensors; loading never runs remote code. The scores are only as good as the data they were
 measured on: check them on your own texts before relying on them.
 """
+
+# %% ../nbs/14_push.ipynb #38df98fb
+def pushed_location(settings: dict, run_id: str) -> str:
+    "Where `load_model` finds this run once pushed: `s3://bucket/prefix#run-id`; '' when the push is disabled."
+    return f"s3://{settings['bucket_name']}/{settings['prefix']}#{run_id}" if settings["enabled"] else ""
+
+def push_evaluation(settings: dict, report: dict, run_dir: str | Path, reports: dict[str, str | Path], client=None) -> dict:
+    "Write the model card into the run folder; push the model with `reports`, the card and its training summary under its training run's id."
+    from sentiment_nb.infer import training_summary
+    model_dir, ids = Path(report["model_dir"]), push_ids(report.get("model_run_id"), run_dir)
+    card = resolve_path(run_dir) / "model_card.md"; card.parent.mkdir(parents=True, exist_ok=True)
+    card.write_text(model_card(report, training_summary(model_dir), ids["run_id"], pushed_location(settings, ids["run_id"]),
+                               ids["evaluation_run_id"]), encoding="utf-8")
+    files = {**reports, "README.md": card, "training_summary.json": model_dir / "training_summary.json"}
+    info = {k: ids[k] for k in ("training_run_id", "evaluation_run_id")}
+    return {**push_if_conditions_hold(settings, report["metrics"], model_dir, ids["run_id"], files, client, info), **ids}

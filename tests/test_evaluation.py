@@ -1,11 +1,16 @@
-"""Stage 03 through the real runner: metrics, baselines, figures and the push to a local S3 server, and no secret in
-any file of the run folder although the run had AWS credentials in its environment."""
-import csv, json, secrets
+"""Stage 03 through the real runner: metrics, baselines, figures and the push to a local S3 server (keyed by the run
+that trained the model), no secret in any file of the run folder although the run had AWS credentials in its
+environment, the params dataclass against the parameters cell, and the newest completed run's model (with its
+splits) when the run folder has none."""
+import csv, json, secrets, shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from s3_server import folder_bytes, object_keys
+from sentiment_nb.core import write_json
+from sentiment_nb.evaluate import EvaluationParams
+from sentiment_nb.pipeline import data_hash, parameters_cell_differences
 from sentiment_nb.push import local_s3_server, pull_model
 
 # a small 2-class slice given as parameters (not params/tiny.yaml, which also names other stages' parameters)
@@ -26,7 +31,14 @@ def pushed_run(tmp_path_factory, untrained_model):
         client = s3.client()
         keys = object_keys(client, "pipeline-models") if proc.returncode == 0 else []
         pulled = pull_model("pipeline-models", "sentiment-nb", cache_dir=base / "pulled", client=client) if keys else None
-    return {"proc": proc, "run_dir": base / "reports" / "evalpush", "keys": keys, "pulled": pulled, "secrets": fake}
+        pushed = {k: json.loads(client.get_object(Bucket="pipeline-models", Key=f"sentiment-nb/{k}")["Body"].read())
+                  for k in ("latest.json", "untrained/manifest.json") if f"sentiment-nb/{k}" in keys}
+    return {"proc": proc, "run_dir": base / "reports" / "evalpush", "keys": keys, "pulled": pulled, "secrets": fake,
+            "pushed": pushed, "base": base}
+
+
+def test_evaluation_params_match_the_parameters_cell():
+    assert parameters_cell_differences(EvaluationParams, ROOT / "nbs" / "03_evaluation.ipynb") == []
 
 
 def test_stage_passes_and_pushes_the_model(pushed_run, untrained_model):
@@ -35,9 +47,14 @@ def test_stage_passes_and_pushes_the_model(pushed_run, untrained_model):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert [(s["stage"], s["status"]) for s in manifest["stages"]] == [("01_preprocessing", "ok"), ("03_evaluation", "ok")]
     keys = set(pushed_run["keys"])
-    assert {"sentiment-nb/latest.json", "sentiment-nb/evalpush/manifest.json", "sentiment-nb/evalpush/metrics.json",
-            "sentiment-nb/evalpush/README.md", "sentiment-nb/evalpush/training_summary.json",
-            "sentiment-nb/evalpush/model/model.safetensors"} <= keys
+    # keyed by the run that trained the model (its training_summary.json says run "untrained"), not by this run
+    assert {"sentiment-nb/latest.json", "sentiment-nb/untrained/manifest.json", "sentiment-nb/untrained/metrics.json",
+            "sentiment-nb/untrained/README.md", "sentiment-nb/untrained/training_summary.json",
+            "sentiment-nb/untrained/model/model.safetensors"} <= keys, sorted(keys)
+    assert not [k for k in keys if k.startswith("sentiment-nb/evalpush/")], sorted(keys)
+    for name in ("latest.json", "untrained/manifest.json"):
+        got = pushed_run["pushed"][name]
+        assert (got["run_id"], got["training_run_id"], got["evaluation_run_id"]) == ("untrained", "untrained", "evalpush"), got
     assert folder_bytes(pushed_run["pulled"]) == folder_bytes(untrained_model)
 
 
@@ -64,7 +81,8 @@ def test_report_shows_figures_baselines_and_push_outcome(pushed_run):
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000
     assert (run_dir / "03_evaluation.html").read_text().count("data:image/png;base64") >= 3
     summary = json.loads((run_dir / "summaries" / "03_evaluation.json").read_text())
-    assert summary["headline"]["push"] == "pushed" and "s3://pipeline-models/sentiment-nb/evalpush/" in summary["headline"]["push outcome"]
+    assert summary["headline"]["push"] == "pushed", summary["headline"]
+    assert "s3://pipeline-models/sentiment-nb/untrained/" in summary["headline"]["push outcome"], summary["headline"]
     index = (run_dir / "index.html").read_text()
     for text in ("test accuracy", "macro F1", "tfidf_logreg accuracy", "vader accuracy", "metrics: model and baselines",
                  "push conditions", 'src="figures/eval_reliability_diagram.png"'):
@@ -78,3 +96,23 @@ def test_no_secret_in_any_file_of_the_run_dir(pushed_run):
     for name, value in pushed_run["secrets"].items():
         hits = [str(p) for p in files if value.encode() in p.read_bytes()]
         assert not hits, f"{name} written to {hits}"
+
+
+def test_without_a_model_in_the_run_folder_the_newest_completed_run_is_evaluated(pushed_run, untrained_model):
+    """JupyterLab after `make run`: reports/notebook holds no model, so 03 with its defaults evaluates the newest completed
+    run's model on that run's splits, and says which."""
+    base = pushed_run["base"]
+    reports, processed = base / "jupyter-reports", base / "processed"     # the splits 01 wrote in the fixture's run
+    run = reports / "20261201-0815-done"
+    shutil.copytree(untrained_model, run / "model")
+    write_json(run / "manifest.json", {"run_id": run.name, "data_hash": data_hash(processed),
+                                       "stages": [{"stage": "02_training", "status": "ok"}]})
+    args = ("run", "--stages", "03", "--run-id", "notebook", "--reports-dir", reports, "-p", "processed_dir", processed,
+            "-p", "ood_rows", "0", "-p", "baselines", "[majority]")
+    proc = run_cli(*args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((reports / "notebook" / "metrics.json").read_text())
+    assert (report["model_dir"], report["data_hash"]) == (str(run / "model"), data_hash(processed)), report["model_dir"]
+    said = (reports / "notebook" / "03_evaluation.ipynb").read_text()
+    assert f"run {run.name}, the newest completed run" in said and str(run / "model") in said
+    # splits that are not that run's are refused: the inline tests of evaluation_inputs in nbs/03_evaluation.ipynb

@@ -1,15 +1,16 @@
 """Push to and pull from a real S3-compatible server (SeaweedFS over HTTP on 127.0.0.1): the round trip, push
 conditions, bad settings, missing or wrong credentials, a server that is down or stops mid-push, and pulls that
 refuse tampered checksums and path-traversal manifests."""
-import hashlib, json, socket, sys, time
+import hashlib, json, shutil, socket, sys, time
 
 import numpy as np
 import pytest
 
 from conftest import run_cli
 from s3_server import count_requests, folder_bytes, object_keys, own_s3, s3, small_model_folder
-from sentiment_nb.push import (PushError, check_push_ready, pull_model, push_if_conditions_hold, push_model,
-                               push_settings, s3_client)
+from sentiment_nb.core import write_json
+from sentiment_nb.push import (PushError, check_push_ready, pull_model, push_evaluation, push_if_conditions_hold,
+                               push_model, push_settings, s3_client)
 
 
 def latest_run(client, bucket, prefix):
@@ -37,6 +38,38 @@ def test_push_then_pull_round_trips_byte_for_byte(s3, untrained_model, tmp_path,
     texts = ["a moving, funny film", "dull"]
     np.testing.assert_allclose(predict_proba(pulled, texts), predict_proba(local, texts), atol=1e-6)
     assert pulled.max_length == 64
+
+
+def test_a_push_is_keyed_by_the_run_that_trained_the_model(s3, untrained_model, tmp_path):
+    """Stage 03's push of a model trained in another run (03 run alone, or from JupyterLab) goes under the training
+    run's id, records both runs' ids in the manifest and latest.json, and a second evaluation files it under the same id."""
+    from sentiment_nb.infer import load_model
+    client, trained = s3.client(), "20261201-0815-train"
+    model = tmp_path / "reports" / trained / "model"
+    shutil.copytree(untrained_model, model)
+    write_json(model / "training_summary.json", {"run_id": trained, "params": {"max_input_length": 64}})
+    evaluation = tmp_path / "reports" / "20261202-0900-eval"; evaluation.mkdir()
+    metrics = write_json(evaluation / "metrics.json", {"metrics": {"accuracy": 0.9}})
+    report = {"labels": ["negative", "positive"], "rows": 4, "metrics": {"accuracy": 0.9, "macro_f1": 0.85},
+              "model_dir": str(model), "model_run_id": load_model(model).run_id}
+    settings = push_settings({"enabled": True, "bucket_name": "bytraining", "endpoint_url": s3.endpoint_url,
+                              "conditions": [{"metric": "accuracy", "threshold": 0.5}]})
+    out = push_evaluation(settings, report, evaluation, {"metrics.json": metrics}, client=client)
+    assert (out["status"], out["run_id"], out["evaluation_run_id"]) == ("pushed", trained, evaluation.name), out["message"]
+    keys = object_keys(client, "bytraining")
+    assert f"sentiment-nb/{trained}/manifest.json" in keys and not [k for k in keys if evaluation.name in k], keys
+    read = lambda key: client.get_object(Bucket="bytraining", Key=f"sentiment-nb/{key}")["Body"].read()
+    for key in ("latest.json", f"{trained}/manifest.json"):
+        got = json.loads(read(key))
+        assert (got["run_id"], got["training_run_id"], got["evaluation_run_id"]) == (trained, trained, evaluation.name), got
+    card = read(f"{trained}/README.md").decode()
+    assert f"# Sentiment classifier `{trained}`" in card and f"evaluated in run `{evaluation.name}`" in card, card[:600]
+    assert f's3://bytraining/sentiment-nb#{trained}' in card
+
+    again = push_evaluation(settings, report, tmp_path / "reports" / "notebook", {"metrics.json": metrics}, client=client)
+    assert (again["run_id"], again["evaluation_run_id"]) == (trained, "notebook"), again["message"]
+    assert again["already_present"] == again["files"] - 1, again   # only the card changed: the model was not sent again
+    assert json.loads(read("latest.json"))["evaluation_run_id"] == "notebook"
 
 
 def test_failing_condition_uploads_nothing_and_says_by_how_much(s3, tmp_path):
@@ -89,11 +122,12 @@ def test_no_credentials_is_a_clear_error_before_work(tmp_path, monkeypatch):
 def test_server_down_is_a_clear_error_and_nothing_is_marked_latest(own_s3, tmp_path):
     push_model(small_model_folder(tmp_path / "a", seed=1), "models", "p", "r1", client=own_s3.client())
     own_s3.stop()
-    client = own_s3.client()
+    client = own_s3.client(max_attempts=3)             # botocore's standard retry mode, 3 requests per call
+    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 3}
     sent = count_requests(client)
     with pytest.raises(PushError, match=r"could not reach S3 while checking bucket 'models' after 3 tries"):
-        push_model(small_model_folder(tmp_path / "b", seed=2), "models", "p", "r2", client=client, tries=3, backoff_s=0.05)
-    assert len(sent) == 3, "connection failures are retried, with backoff, up to `tries`"
+        push_model(small_model_folder(tmp_path / "b", seed=2), "models", "p", "r2", client=client)
+    assert len(sent) == 3, f"connection failures are retried, with backoff, up to max_attempts: {sent}"
     own_s3.start()
     client = own_s3.client()
     assert latest_run(client, "models", "p") == "r1"
@@ -103,13 +137,13 @@ def test_server_down_is_a_clear_error_and_nothing_is_marked_latest(own_s3, tmp_p
 def test_server_stopped_mid_push_keeps_latest_and_a_rerun_completes(own_s3, tmp_path):
     good, new = small_model_folder(tmp_path / "good", seed=1), small_model_folder(tmp_path / "new", seed=2)
     push_model(good, "models", "p", "r1", client=own_s3.client())
-    client, puts = own_s3.client(), []
+    client, puts = own_s3.client(max_attempts=2), []
     def stop_after_second_upload(**kw):
         puts.append(1)
         if len(puts) == 2: own_s3.stop()
     client.meta.events.register("after-call.s3.PutObject", stop_after_second_upload)
     with pytest.raises(PushError, match="could not reach S3 while verifying s3://models/p/r2/"):
-        push_model(new, "models", "p", "r2", client=client, tries=2, backoff_s=0.05)
+        push_model(new, "models", "p", "r2", client=client)
 
     own_s3.start()
     client = own_s3.client()
@@ -127,9 +161,9 @@ def test_wrong_credentials_fail_at_once_without_a_retry_storm(s3, tmp_path, monk
     push_model(small_model_folder(tmp_path / "m"), "wrongcreds", "p", "r1", client=s3.client())
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    for call in (lambda c: push_model(tmp_path / "m", "wrongcreds", "p", "r2", client=c, tries=4, backoff_s=2),
-                 lambda c: pull_model("wrongcreds", "p", cache_dir=tmp_path / "cache", client=c, tries=4, backoff_s=2)):
-        client = s3_client(s3.endpoint_url)                 # the client push and pull build: credentials from the chain
+    for call in (lambda c: push_model(tmp_path / "m", "wrongcreds", "p", "r2", client=c),
+                 lambda c: pull_model("wrongcreds", "p", cache_dir=tmp_path / "cache", client=c)):
+        client = s3_client(s3.endpoint_url, max_attempts=4)   # the client push and pull build: credentials from the chain
         sent, started = count_requests(client), time.time()
         with pytest.raises(PushError, match=r"S3 rejected the credentials \((403|SignatureDoesNotMatch)\) while .*; not retried"):
             call(client)
