@@ -2,7 +2,7 @@
 AdamW) against the fast configuration, side by side on the same rows, each in its own process.
 
     .venv/bin/python bench/bench_train.py                          # baseline and fast on 3,000 training rows
-    .venv/bin/python bench/bench_train.py --train-samples 0        # the whole training split (slow baseline)
+    .venv/bin/python bench/bench_train.py --train-rows 0           # the whole training split (slow baseline)
     .venv/bin/python bench/bench_train.py --configs baseline fast fast_b64 fast_compile
 
 Prints samples/s, seconds per epoch, validation accuracy after the same epochs, the share of the machine's
@@ -38,8 +38,8 @@ def run_worker(name: str, args) -> dict:
     from sentiment_nb.train import TrainingParams, train_classifier
     use_offline_hub()
     with tempfile.TemporaryDirectory() as tmp:
-        common = dict(processed_dir=args.processed_dir, run_dir=tmp, max_train_samples=args.train_samples,
-                      max_eval_samples=args.eval_samples, n_epochs=args.epochs, batch_size=args.batch_size,
+        common = dict(processed_dir=args.processed_dir, run_dir=tmp, max_train_rows=args.train_rows,
+                      max_validation_rows=args.validation_rows, n_epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, max_input_length=args.max_input_length,
                       num_threads=args.threads, seed=args.seed)
         p = TrainingParams(**{**common, **CONFIGS[name]})
@@ -67,8 +67,8 @@ def interleaved_throughput(names: list[str], args, steps: int) -> dict[str, dict
     use_offline_hub()
     runs = {}
     for name in names:
-        common = dict(processed_dir=args.processed_dir, run_dir=tempfile.mkdtemp(), max_train_samples=steps * 64,
-                      max_eval_samples=16, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        common = dict(processed_dir=args.processed_dir, run_dir=tempfile.mkdtemp(), max_train_rows=steps * 64,
+                      max_validation_rows=16, batch_size=args.batch_size, learning_rate=args.learning_rate,
                       max_input_length=args.max_input_length, num_threads=args.threads, seed=args.seed)
         trainer, ctx = build_trainer(TrainingParams(**{**common, **CONFIGS[name]}))
         trainer.create_optimizer_and_scheduler(num_training_steps=steps + 2)
@@ -122,8 +122,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", nargs="+", default=["baseline", "fast"], choices=list(CONFIGS))
     ap.add_argument("--processed-dir", default=str(ROOT / "data" / "processed"))
-    ap.add_argument("--train-samples", type=int, default=3000, help="training rows (0: the whole split)")
-    ap.add_argument("--eval-samples", type=int, default=0, help="validation rows (0: the whole split)")
+    ap.add_argument("--train-rows", type=int, default=3000, help="training rows (0: the whole split); stage 02's max_train_rows")
+    ap.add_argument("--validation-rows", type=int, default=0, help="validation rows (0: the whole split); stage 02's max_validation_rows")
     ap.add_argument("--epochs", type=float, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--learning-rate", type=float, default=1e-4)

@@ -13,7 +13,8 @@ __all__ = ['EMBEDDED_PACKAGES', 'EMBEDDED_MODEL_NAMES', 'MPNET_MODEL_NAMES', 'MP
            'TRACKED_PACKAGES', 'FORMULA_STARTS', 'project_root', 'resolve_path', 'package_file', 'embedded_model_path',
            'resolve_model_name', 'use_offline_hub', 'write_json', 'read_json', 'sha256_file', 'asset_cache',
            'mpnet_part_files', 'assemble_split_zip', 'mpnet_model_path', 'new_run_id', 'ensure_run_dir', 'save_figure',
-           'record_stage_summary', 'package_versions', 'git_commit', 'progress', 'neutralise_formula', 'csv_safe']
+           'record_stage_summary', 'package_versions', 'git_commit', 'interactive_session', 'progress',
+           'neutralise_formula', 'csv_safe']
 
 # %% ../nbs/10_core.ipynb #99a5911a
 def project_root(start: str | Path | None = None) -> Path:
@@ -188,11 +189,14 @@ def git_commit(root: str | Path | None = None) -> str | None:
     except Exception: return None
 
 # %% ../nbs/10_core.ipynb #4d838981
+def interactive_session() -> bool:
+    "True in a terminal or a live notebook front end, where progress bars redraw in place."
+    return sys.stderr.isatty() or "JPY_SESSION_NAME" in os.environ
+
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", **kw):
     "A tqdm bar: a widget in a notebook front end, a line every 10 s in logs and papermill runs."
     from tqdm.auto import tqdm
-    interactive = sys.stderr.isatty() or "JPY_SESSION_NAME" in os.environ
-    kw.setdefault("mininterval", 0.5 if interactive else 10.0)
+    kw.setdefault("mininterval", 0.5 if interactive_session() else 10.0)
     kw.setdefault("disable", os.environ.get("SENTIMENT_NB_NO_PROGRESS") == "1")
     return tqdm(iterable, total=total, desc=desc, **kw)
 

@@ -3,6 +3,7 @@
 # %% ../nbs/01_preprocessing.ipynb #f51e57d0
 from __future__ import annotations
 import hashlib, html, os, re, unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,39 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from .core import package_file, read_json, resolve_path, write_json, use_offline_hub
+from .pipeline import StageParams, param
 
 # %% auto #0
-__all__ = ['BUILTIN_DATASETS', 'TABLE_READERS', 'table_suffix', 'read_table', 'load_builtin_dataset', 'select_text_and_label',
-           'load_hub_dataset', 'load_raw_dataset', 'label_key', 'is_missing_label', 'default_class_names', 'map_labels',
-           'load_labeled_dataset', 'clean_text', 'clean_and_dedupe', 'check_split_sizes', 'split_stratified',
-           'check_no_leakage', 'stratified_sample', 'splits_hash', 'save_splits', 'load_splits', 'prepare_splits']
+__all__ = ['BUILTIN_DATASETS', 'TABLE_READERS', 'clean_text', 'DatasetParams', 'PreprocessingParams', 'table_suffix',
+           'read_table', 'load_builtin_dataset', 'select_text_and_label', 'load_hub_dataset', 'load_raw_dataset',
+           'label_key', 'is_missing_label', 'default_class_names', 'map_labels', 'load_labeled_dataset',
+           'normalise_text', 'clean_and_dedupe', 'check_split_sizes', 'split_stratified', 'check_no_leakage',
+           'stratified_sample', 'splits_hash', 'save_splits', 'load_splits', 'prepare_splits']
+
+# %% ../nbs/01_preprocessing.ipynb #124e9637
+@dataclass
+class DatasetParams(StageParams):
+    "Which dataset a stage reads and how its texts are cleaned: shared by 00 (EDA) and 01 (preprocessing)."
+    dataset: str = param("rotten_tomatoes", "built-in name (`rotten_tomatoes`, `tweets_3class`), a CSV/TSV/JSONL/JSON/parquet/xlsx path or URL, or a `datasets` hub name")
+    text_column: str = param("text", "column holding the text (files and hub datasets)")
+    label_column: str = param("label", "column holding the label (files and hub datasets)")
+    label_mapping_dict: dict = param({}, 'raw label -> class name (`{"fresh": "positive"}`; numeric keys work); `{}`: a built-in dataset\'s own mapping, else the labels as they are')
+    class_names: list[str] = param([], 'class names in id order; `[]`: the dataset\'s default, else sorted labels (`1.0`, `1` and `"1"` are one label; a row without a label is refused by row number)')
+    encoding: str = param("utf-8", "text encoding of a CSV/TSV/JSON file (`latin-1`, ...)")
+    strip_html: bool = param(True, "remove HTML tags and unescape entities")
+    strip_urls: bool = param(True, "remove `http(s)://` and `www.` links")
+    lowercase: bool = param(False, "lower-case every text (the MiniLM tokenizer lower-cases already)")
+    min_chars: int = param(1, "drop texts shorter than this (in characters) after cleaning")
+
+@dataclass
+class PreprocessingParams(DatasetParams):
+    "The parameters of stage 01."
+    max_rows: int = param(0, "stratified sample of at most this many rows before splitting (0: all)")
+    test_size: float = param(0.1, "fraction of the rows in the test split")
+    validation_size: float = param(0.1, "fraction of the rows in the validation split")
+    seed: int = param(42, "seed of the sampling and the split")
+    processed_dir: str = param("data/processed", "where `train/validation/test.parquet` and `splits.json` go (relative to the project root)")
+    run_dir: str = param("reports/notebook", "run folder for the stage summary (set by the runner)")
 
 # %% ../nbs/01_preprocessing.ipynb #622cbc87
 BUILTIN_DATASETS = {
@@ -111,6 +139,7 @@ def default_class_names(dataset: str, labels: pd.Series, label_mapping: dict) ->
     names = label_mapping.values() if label_mapping else [v for v in labels if not is_missing_label(v)]
     return sorted(dict.fromkeys(label_key(n) for n in names))
 
+# %% ../nbs/01_preprocessing.ipynb #accd1770
 def map_labels(df: pd.DataFrame, class_names: list[str], label_mapping: dict | None = None) -> pd.DataFrame:
     "Add `label_name` and integer `label` columns; raise on missing labels and on labels outside the mapping or class names."
     missing = df["label"].map(is_missing_label).to_numpy()
@@ -151,7 +180,7 @@ def load_labeled_dataset(dataset: str, text_column: str = "text", label_column: 
 # %% ../nbs/01_preprocessing.ipynb #46d876f7
 _TAG, _URL, _WS = re.compile(r"<[^>]{0,200}>"), re.compile(r"(https?://|www\.)\S+"), re.compile(r"\s+")
 
-def clean_text(text: Any, strip_html: bool = True, strip_urls: bool = True, lowercase: bool = False) -> str:
+def normalise_text(text: Any, strip_html: bool = True, strip_urls: bool = True, lowercase: bool = False) -> str:
     "One text with HTML, links, control characters and extra whitespace removed."
     t = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
     if strip_html: t = html.unescape(_TAG.sub(" ", t))
@@ -160,10 +189,12 @@ def clean_text(text: Any, strip_html: bool = True, strip_urls: bool = True, lowe
     t = _WS.sub(" ", t).strip()
     return t.lower() if lowercase else t
 
+clean_text = normalise_text   # the old name, until 03 and tests/test_bad_inputs.py call normalise_text
+
 # %% ../nbs/01_preprocessing.ipynb #cf9cef2f
 def clean_and_dedupe(df: pd.DataFrame, min_chars: int = 1, **clean_kw) -> tuple[pd.DataFrame, dict]:
     "Clean every text, drop the too-short ones and exact duplicates; also return what was dropped."
-    out = df.assign(text=[clean_text(t, **clean_kw) for t in df["text"]])
+    out = df.assign(text=[normalise_text(t, **clean_kw) for t in df["text"]])
     short = out["text"].str.len() < min_chars
     out = out[~short]
     dup = out["text"].duplicated(keep="first")

@@ -4,15 +4,30 @@
 from __future__ import annotations
 import re
 from collections import Counter
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .data import DatasetParams
+from .pipeline import param
+
 # %% auto #0
-__all__ = ['STOP_WORDS', 'TOP_WORDS_AXIS', 'class_balance', 'words_of', 'text_lengths', 'length_summary', 'word_counts_per_class',
-           'top_words_per_class', 'examples_per_class', 'plot_class_balance', 'plot_lengths', 'plot_top_words']
+__all__ = ['STOP_WORDS', 'TOP_WORDS_AXIS', 'EDAParams', 'class_balance', 'words_of', 'text_lengths', 'length_summary',
+           'word_counts_per_class', 'top_words_per_class', 'examples_per_class', 'plot_class_balance', 'plot_lengths',
+           'plot_top_words']
+
+# %% ../nbs/00_eda.ipynb #21e185da
+@dataclass
+class EDAParams(DatasetParams):
+    "The parameters of stage 00: 01's dataset and cleaning ones, and what the figures look at."
+    model_name: str = param("embedded", "the model 02 fine-tunes (`embedded`: all-MiniLM-L6-v2, a folder or a hub name): its tokenizer counts the tokens")
+    tokenizer_name: str = param("", "tokenizer; empty: the model's own (the same parameter as 02's)")
+    max_rows_for_tokens: int = param(5000, "tokenize at most this many rows (a fixed sample) for the token-length figure")
+    top_n_words: int = param(15, "words per class in the top-words figure")
+    run_dir: str = param("reports/notebook", "run folder for the figures and the stage summary (set by the runner)")
 
 # %% ../nbs/00_eda.ipynb #70d7b814
 def class_balance(df: pd.DataFrame, column: str = "label_name") -> pd.DataFrame:

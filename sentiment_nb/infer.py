@@ -101,14 +101,14 @@ def check_model_files(model_dir: str | Path) -> None:
 VARIANTS = ("fp32", "bf16", "int8", "onnx", "onnx-int8")
 AUTO_VARIANT = "onnx-int8"
 
-def cpuinfo_field(name: str) -> str:
-    "The value of the first `name` line of /proc/cpuinfo ('' where there is none)."
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+def cpuinfo_field(name: str, cpuinfo: str | None = None) -> str:
+    "The value of the first `name` line of /proc/cpuinfo (or of the text `cpuinfo`); '' where there is none."
+    info = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.split(":", 1)[0].strip() == name), "")
 
-def cpu_has(*flags: str) -> dict[str, bool]:
-    "Which of these CPU flags (`avx512_vnni`, `avx512_bf16`, `amx_bf16`, ...) /proc/cpuinfo lists."
-    have = set(cpuinfo_field("flags").split())
+def cpu_has(*flags: str, cpuinfo: str | None = None) -> dict[str, bool]:
+    "Which of these CPU flags (`avx512_vnni`, `avx512_bf16`, `amx_bf16`, ...) /proc/cpuinfo (or the text `cpuinfo`) lists."
+    have = set(cpuinfo_field("flags", cpuinfo).split())
     return {f: f in have for f in flags}
 
 def machine_description(flags: Sequence[str] = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")) -> dict:

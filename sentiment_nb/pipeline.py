@@ -14,20 +14,24 @@ from .core import (ensure_run_dir, git_commit, new_run_id, package_versions, pro
                                resolve_path, use_offline_hub, write_json)
 
 # %% auto #0
-__all__ = ['STAGE_PATTERN', 'RUN_ID_PATTERN', 'ANY', 'TYPE_NAMES', 'SCALAR_CONVERTERS', 'RUNNER_PARAMETERS', 'log',
-           'OFFLINE_TEMPLATE', 'WIDGET_VIEW', 'SPLITS_WRITER', 'INDEX_CSS', 'stage_notebooks', 'select_stages',
-           'check_run_id', 'load_params', 'parse_value', 'apply_overrides', 'ParamType', 'union_type', 'type_from_node',
-           'type_from_name', 'type_of_default', 'declared_type', 'ParameterTypeError', 'type_problem', 'convert_value',
-           'convert_parameters', 'notebook_parameters', 'declared_parameters', 'parameter_types', 'assign_parameters',
-           'stage_defaults', 'checked_parameters', 'param', 'StageParams', 'parameters_cell_differences', 'StageFailed',
-           'kernel_name', 'failure_message', 'execute_stage', 'is_log_output', 'code_page', 'page_links',
-           'page_notebook', 'render_page', 'export_html', 'new_manifest', 'upsert_stage', 'data_hash', 'run_data_hash',
-           'check_loaded_splits', 'load_run_splits', 'SplitsLock', 'splits_dirs', 'reported_data_hash', 'hold_splits',
-           'check_stage_data', 'html_table', 'stage_links', 'stage_section', 'write_index', 'prepare_parameters',
-           'run_pipeline', 'execute_stages', 'resume_pipeline']
+__all__ = ['STAGE_PATTERN', 'ON_REQUEST_STAGES', 'RUN_ID_PATTERN', 'ANY', 'TYPE_NAMES', 'SCALAR_CONVERTERS', 'RUNNER_PARAMETERS',
+           'PARAMETER_ALIASES', 'STAGE_PARAMS', 'log', 'OFFLINE_TEMPLATE', 'WIDGET_VIEW', 'SPLITS_WRITER', 'INDEX_CSS',
+           'stage_notebooks', 'select_stages', 'check_run_id', 'load_params', 'parse_value', 'apply_overrides',
+           'ParamType', 'union_type', 'type_from_node', 'type_from_name', 'type_of_default', 'declared_type',
+           'ParameterTypeError', 'type_problem', 'convert_value', 'convert_parameters', 'notebook_parameters',
+           'declared_parameters', 'parameter_types', 'did_you_mean', 'alias_types', 'with_current_names',
+           'check_parameter_names', 'per_stage_parameters', 'assign_parameters', 'stage_defaults', 'checked_parameters',
+           'param', 'StageParams', 'parameters_cell_differences', 'stage_params_class', 'markdown_value',
+           'params_table', 'readme_table_span', 'write_readme_tables', 'StageFailed', 'kernel_name', 'failure_message',
+           'execute_stage', 'is_log_output', 'code_page', 'page_links', 'page_notebook', 'render_page', 'export_html',
+           'new_manifest', 'upsert_stage', 'data_hash', 'run_data_hash', 'check_loaded_splits', 'load_run_splits',
+           'SplitsLock', 'splits_dirs', 'reported_data_hash', 'hold_splits', 'check_stage_data', 'html_table',
+           'stage_links', 'stage_section', 'write_index', 'prepare_parameters', 'run_pipeline', 'execute_stages',
+           'resume_pipeline']
 
 # %% ../nbs/12_pipeline.ipynb #e74ecb51
 STAGE_PATTERN = re.compile(r"^0\d_[\w-]+\.ipynb$")
+ON_REQUEST_STAGES = ("05_monitoring",)  # run only when --stages names them: they read a served model's log, not this run's
 
 def stage_notebooks(nbs_dir: str | Path | None = None) -> dict[str, Path]:
     "Stage name -> notebook path, in run order."
@@ -36,8 +40,8 @@ def stage_notebooks(nbs_dir: str | Path | None = None) -> dict[str, Path]:
     return {p.stem: p for p in sorted(d.iterdir()) if STAGE_PATTERN.match(p.name)}
 
 def select_stages(available: dict[str, Path], wanted: str | list[str] | None) -> dict[str, Path]:
-    "The stages named by prefix (`'00,01'` or `['00_eda']`), in run order; all when `wanted` is None."
-    if wanted is None: return dict(available)
+    "The stages named by prefix (`'00,01'` or `['00_eda']`), in run order; when `wanted` is None, all but ON_REQUEST_STAGES."
+    if wanted is None: return {s: p for s, p in available.items() if s not in ON_REQUEST_STAGES}
     names = [w.strip() for w in (wanted.split(",") if isinstance(wanted, str) else wanted) if w.strip()]
     if not names: raise ValueError(f"--stages {wanted!r} names no stage: give prefixes such as 00,01 "
                                    f"(the stages are {list(available)}), or leave --stages out to run them all")
@@ -256,28 +260,60 @@ def parameter_types(info: dict[str, dict[str, dict]]) -> dict[str, ParamType]:
 
 RUNNER_PARAMETERS = ("run_dir",)  # set by the runner for every stage, not by the user
 
-def assign_parameters(declared: dict[str, dict], params: dict) -> dict[str, dict]:
-    "Per stage, the given parameters it declares; raise on names no stage declares."
+# Deprecated name -> its name now: still accepted (converted under the name given, then renamed, with a warning).
+PARAMETER_ALIASES = {"max_train_samples": "max_train_rows", "max_eval_samples": "max_validation_rows",
+                     "best_model_dir": "model_dir"}
+
+def did_you_mean(names: list[str], known) -> str:
+    "Each name quoted, with the closest known name where one is close: `'tset_size' (did you mean 'test_size'?)`."
+    known = list(known)
+    return ", ".join(f"'{n}'" + (f" (did you mean '{h[0]}'?)" if (h := difflib.get_close_matches(n, known, 1)) else "")
+                     for n in names)
+
+def alias_types(types: dict[str, ParamType]) -> dict[str, ParamType]:
+    "The types with each deprecated name of a typed parameter typed as its current name."
+    return {**types, **{old: types[new] for old, new in PARAMETER_ALIASES.items() if new in types}}
+
+def with_current_names(params: dict) -> dict:
+    "`params` with each deprecated name replaced by its current one (logged); raise when both name one parameter differently."
+    out = dict(params)
+    for old, new in PARAMETER_ALIASES.items():
+        if old not in out: continue
+        if new in out and out[new] != out[old]:
+            raise ValueError(f"parameters '{old}' ({out[old]!r}) and '{new}' ({out[new]!r}) are one parameter: "
+                             f"'{old}' is its deprecated name, give '{new}' only")
+        logging.getLogger("sentiment_nb.pipeline").warning("parameter '%s' is deprecated: it is now called '%s'", old, new)
+        out[new] = out.pop(old)
+    return out
+
+def check_parameter_names(declared: dict[str, dict], params: dict) -> None:
+    "Raise on names no stage declares (naming the closest declared one) and on names the runner sets."
     known = set().union(*declared.values()) if declared else set()
-    unknown = [n for n in params if n not in known]
+    unknown = [n for n in params if n not in known and PARAMETER_ALIASES.get(n) not in known]
     if unknown:
-        hints = {n: difflib.get_close_matches(n, known, 1) for n in unknown}
-        said = ", ".join(f"'{n}'" + (f" (did you mean '{h[0]}'?)" if h else "") for n, h in hints.items())
-        raise ValueError(f"unknown parameter(s) {said}: no stage among {list(declared)} declares them")
+        raise ValueError(f"unknown parameter(s) {did_you_mean(unknown, sorted(known))}: no stage among {list(declared)} declares them")
     reserved = [n for n in params if n in RUNNER_PARAMETERS]
     if reserved: raise ValueError(f"parameter(s) {reserved} are set by the runner; choose the run folder with --run-id")
+
+def per_stage_parameters(declared: dict[str, dict], params: dict) -> dict[str, dict]:
+    "Per stage, the given parameters it declares."
     return {stage: {n: v for n, v in params.items() if n in names} for stage, names in declared.items()}
+
+def assign_parameters(declared: dict[str, dict], params: dict) -> dict[str, dict]:
+    "Per stage, the given parameters it declares; raise on names no stage declares."
+    check_parameter_names(declared, params)
+    return per_stage_parameters(declared, params)
 
 def stage_defaults(info: dict[str, dict[str, dict]]) -> dict[str, dict]:
     "Stage -> name -> default, from the stages' `notebook_parameters`."
     return {s: {n: p["default"] for n, p in d.items()} for s, d in info.items()}
 
-def checked_parameters(info: dict[str, dict[str, dict]], params: dict) -> tuple[dict, dict[str, dict]]:
-    "The parameters converted to their declared types, and per stage the ones it declares; raise before anything runs."
-    declared = stage_defaults(info)
-    assign_parameters(declared, params)                       # unknown names first: their message is the clearer one
-    typed = convert_parameters(params, parameter_types(info))
-    return typed, assign_parameters(declared, typed)
+def checked_parameters(info: dict[str, dict[str, dict]], params: dict, declared: dict[str, dict] | None = None) -> tuple[dict, dict[str, dict]]:
+    "The parameters typed and under their current names, and per stage the ones it declares; raise before anything runs."
+    declared = stage_defaults(info) if declared is None else declared
+    check_parameter_names(declared, params)                  # unknown names first: their message is the clearer one
+    typed = with_current_names(convert_parameters(params, alias_types(parameter_types(info))))
+    return typed, per_stage_parameters(declared, typed)
 
 # %% ../nbs/12_pipeline.ipynb #d515ae87
 def param(default: Any, help: str):
@@ -314,13 +350,13 @@ class StageParams:
 
     @classmethod
     def from_mapping(cls, values: dict):
-        "The parameters named in `values` (a notebook's globals, a YAML file) converted to their declared types; other names are ignored."
-        types = cls.types()
-        return cls(**convert_parameters({k: v for k, v in values.items() if k in types}, types))
+        "The parameters named in `values` (a notebook's globals, a YAML file) converted to their declared types, deprecated names renamed; other names are ignored."
+        types = alias_types(cls.types())
+        return cls(**with_current_names(convert_parameters({k: v for k, v in values.items() if k in types}, types)))
 
-    def as_dict(self) -> dict[str, Any]:
-        "Name -> value of every parameter."
-        return {n: getattr(self, n) for n in self.types()}
+    def as_dict(self, without: tuple[str, ...] = ()) -> dict[str, Any]:
+        "Name -> value of every parameter but those named in `without`."
+        return {n: getattr(self, n) for n in self.types() if n not in without}
 
 def parameters_cell_differences(cls: type, notebook: str | Path) -> list[str]:
     "Where a stage's params dataclass and its notebook's `parameters` cell (as papermill reads it) disagree; [] when they match."
@@ -331,6 +367,46 @@ def parameters_cell_differences(cls: type, notebook: str | Path) -> list[str]:
     out += [f"'{n}': default {cell[n]!r} in {Path(notebook).name} but {ours[n]!r} in {cls.__name__}"
             for n in cell if n in ours and cell[n] != ours[n]]
     return out
+
+# %% ../nbs/12_pipeline.ipynb #c8f6c3e9
+# Stage -> (module, class) of its params dataclass.
+STAGE_PARAMS = {"00_eda": ("sentiment_nb.eda", "EDAParams"), "01_preprocessing": ("sentiment_nb.data", "PreprocessingParams"),
+                "02_training": ("sentiment_nb.train", "TrainingParams"), "03_evaluation": ("sentiment_nb.evaluate", "EvaluationParams"),
+                "04_demo": ("sentiment_nb.app", "DemoParams")}
+
+def stage_params_class(stage: str) -> type | None:
+    "The params dataclass of a stage, None while its module defines none."
+    import importlib
+    module, name = STAGE_PARAMS[stage]
+    return getattr(importlib.import_module(module), name, None)
+
+def markdown_value(value: Any) -> str:
+    "A default as the README's tables write it: in backticks, spelled as YAML (`true`, `[]`, `\"\"`)."
+    if value == "": return '`""`'
+    return "`" + yaml.safe_dump(value, default_flow_style=True, width=10**6).replace("\n...", "").strip() + "`"
+
+def params_table(cls: type) -> str:
+    "The markdown table of a stage's parameters (name, default, meaning), the runner's own left out."
+    rows = [f"| `{n}` | {markdown_value(v)} | {cls.help()[n].replace('|', chr(92) + '|')} |"
+            for n, v in cls.defaults().items() if n not in RUNNER_PARAMETERS]
+    return "\n".join(["| name | default | meaning |", "|---|---|---|", *rows]) + "\n"
+
+def readme_table_span(text: str, stage: str) -> tuple[int, int]:
+    "Start and end offsets of the table right under the README heading `### <NN> ...` of a stage."
+    m = re.search(rf"^### {stage[:2]} .*\n\n((?:\|.*\n)+)", text, re.M)
+    if not m: raise ValueError(f"the README has no heading '### {stage[:2]} ...' followed by a blank line and a table")
+    return m.span(1)
+
+def write_readme_tables(readme: str | Path = "README.md", stages: list[str] | None = None) -> list[str]:
+    "Rewrite the README's parameter table of each stage (default: all) that has a params dataclass; return the stages changed."
+    path = resolve_path(readme); text = path.read_text(encoding="utf-8"); changed = []
+    for stage in STAGE_PARAMS if stages is None else stages:
+        cls = stage_params_class(stage)
+        if cls is None: continue
+        a, b = readme_table_span(text, stage)
+        if text[a:b] != params_table(cls): text, changed = text[:a] + params_table(cls) + text[b:], changed + [stage]
+    path.write_text(text, encoding="utf-8")
+    return changed
 
 # %% ../nbs/12_pipeline.ipynb #d7e39ff1
 log = logging.getLogger("sentiment_nb.pipeline")
@@ -586,11 +662,11 @@ def write_index(run_dir: str | Path, manifest: dict) -> Path:
 
 # %% ../nbs/12_pipeline.ipynb #88c1b719
 def prepare_parameters(every: dict[str, Path], params: dict, overrides: list[tuple[str, Any]] = ()) -> tuple[dict, dict, dict]:
-    "The parameters with the overrides, typed and checked; per stage the ones it declares; per stage its defaults."
+    "The parameters with the overrides, typed, checked and under their current names; per stage the ones it declares; per stage its defaults."
     info = {s: notebook_parameters(p) for s, p in every.items()}   # a file may name stages not run now
-    declared = stage_defaults(info)
+    declared = stage_defaults(info)                                  # computed once, used for the overrides and the check
     params = apply_overrides(params, list(overrides), {n: v for d in declared.values() for n, v in d.items()})
-    return *checked_parameters(info, params), declared
+    return *checked_parameters(info, params, declared), declared
 
 def run_pipeline(params_file: str | None = None, overrides: list[tuple[str, Any]] = (), stages: str | list | None = None,
                  run_id: str | None = None, resume: str | None = None, reports_dir: str | Path = "reports",

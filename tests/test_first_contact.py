@@ -136,13 +136,13 @@ def test_predict_flags_truncated_texts(untrained_model, tmp_path, mode, flag):
 # ---- 4. the Model tab's metrics ------------------------------------------------------------------------------------
 
 def test_model_card_shows_only_the_served_models_metrics(untrained_model, tmp_path):
-    from sentiment_nb.app import DemoSettings, ModelSlot, model_card
+    from sentiment_nb.app import DemoParams, ModelSlot, model_card
     model = copy_model(untrained_model, tmp_path / "run" / "model", "untrained", time.time() - 60)
     metrics = tmp_path / "run" / "metrics.json"
     slot = ModelSlot(model, variant="fp32")
     try:
         slot.load().result(120)
-        settings = DemoSettings(str(model))
+        settings = DemoParams(model_dir=str(model))
         metrics.write_text(json.dumps({"model_run_id": "untrained", "metrics": {"accuracy": 0.81}}))
         card, table, _ = model_card(slot, settings)
         assert table["model"].tolist() == [0.81] and "no evaluation" not in card, card
@@ -159,10 +159,11 @@ def test_model_card_shows_only_the_served_models_metrics(untrained_model, tmp_pa
 # ---- 6. the notebook's check never leaks a server --------------------------------------------------------------
 
 def test_a_failed_check_closes_the_demo(untrained_model, tmp_path):
-    from sentiment_nb.app import DemoSettings, run_demo
+    from sentiment_nb.app import DemoParams, run_demo
     port = bench.free_port()
-    settings = DemoSettings(str(untrained_model), log_path=str(tmp_path / "log.sqlite"), model_variant="fp32")
-    with pytest.raises(httpx.HTTPStatusError, match="422"): run_demo(settings, port=port, check_text="")
+    params = DemoParams(model_dir=str(untrained_model), prediction_log=str(tmp_path / "log.sqlite"), model_variant="fp32",
+                        port=port, check_text="")
+    with pytest.raises(httpx.HTTPStatusError, match="422"): run_demo(params)
     with socket.socket() as s: assert s.connect_ex(("127.0.0.1", port)) != 0, "the demo still listens after a failed check"
     assert not [t.name for t in threading.enumerate() if t.name in ("demo-server", "model-scorer", "prediction-log")]
 

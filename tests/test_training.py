@@ -21,7 +21,7 @@ def splits_dir(tmp_path_factory):
 
 def tiny_params(splits_dir, run_dir, **kw):
     from sentiment_nb.train import TrainingParams
-    base = dict(processed_dir=str(splits_dir), run_dir=str(run_dir), max_train_samples=64, max_eval_samples=32,
+    base = dict(processed_dir=str(splits_dir), run_dir=str(run_dir), max_train_rows=64, max_validation_rows=32,
                 batch_size=16, n_epochs=1, max_input_length=64, learning_rate=1e-4, num_threads=2)
     return TrainingParams(**{**base, **kw})
 
@@ -54,11 +54,11 @@ def test_trains_saves_safetensors_and_reloads(splits_dir, tmp_path):
 
 def test_same_seed_same_metrics(splits_dir, tmp_path):
     from sentiment_nb.train import train_classifier
-    runs = [train_classifier(tiny_params(splits_dir, tmp_path / f"r{i}", max_train_samples=32, seed=7))[1]
+    runs = [train_classifier(tiny_params(splits_dir, tmp_path / f"r{i}", max_train_rows=32, seed=7))[1]
             for i in range(2)]
     cols = ["train_loss", "validation_loss", "validation_accuracy", "validation_macro_f1"]
     assert runs[0][cols].to_dict("records") == runs[1][cols].to_dict("records")
-    other = train_classifier(tiny_params(splits_dir, tmp_path / "r2", max_train_samples=32, seed=8))[1]
+    other = train_classifier(tiny_params(splits_dir, tmp_path / "r2", max_train_rows=32, seed=8))[1]
     assert other["train_loss"].iloc[0] != runs[0]["train_loss"].iloc[0], "the seed changes nothing"
 
 
@@ -80,7 +80,7 @@ def test_bad_input_fails_before_training_and_keeps_the_old_model(splits_dir, tmp
     model_dir = tmp_path / "model"; model_dir.mkdir()
     (model_dir / "config.json").write_text('{"kept": true}')
     with pytest.raises(ValueError, match=None) as e:
-        train_classifier(tiny_params(splits_dir, tmp_path / "run", best_model_dir=str(model_dir), **change))
+        train_classifier(tiny_params(splits_dir, tmp_path / "run", model_dir=str(model_dir), **change))
     assert message in str(e.value)
     assert (model_dir / "config.json").read_text() == '{"kept": true}'
     assert not (tmp_path / "run" / "train").exists()
@@ -106,7 +106,7 @@ def test_cli_refuses_unknown_training_parameter():
 
 def test_killed_mid_epoch_resumes_from_checkpoint_and_finishes(splits_dir, tmp_path):
     run_dir, train_dir = tmp_path / "run", tmp_path / "run" / "train"
-    common = ("processed_dir", splits_dir, "run_dir", run_dir, "max_train_samples", 96, "max_eval_samples", 16,
+    common = ("processed_dir", splits_dir, "run_dir", run_dir, "max_train_rows", 96, "max_validation_rows", 16,
               "batch_size", 8, "max_input_length", 64, "checkpoint_steps", 3, "num_threads", 2)
     proc = subprocess.Popen(train_cmd(*common), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -130,7 +130,7 @@ def test_killed_mid_epoch_resumes_from_checkpoint_and_finishes(splits_dir, tmp_p
 
 def test_torchrun_two_processes_gloo(splits_dir, tmp_path):
     run_dir = tmp_path / "ddp"
-    cmd = train_cmd("processed_dir", splits_dir, "run_dir", run_dir, "max_train_samples", 32, "max_eval_samples", 16,
+    cmd = train_cmd("processed_dir", splits_dir, "run_dir", run_dir, "max_train_rows", 32, "max_validation_rows", 16,
                     "batch_size", 8, "max_input_length", 64, "device", "cpu", torchrun_procs=2)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -150,7 +150,7 @@ def test_distillation_from_a_teacher_trains_on_gold_and_transfer_rows(splits_dir
     from sentiment_nb.infer import load_model
     from sentiment_nb.train import train_classifier
     monkeypatch.setenv("SENTIMENT_NB_CACHE", str(tmp_path / "cache"))
-    train_classifier(tiny_params(splits_dir, tmp_path / "teacher", max_train_samples=32))
+    train_classifier(tiny_params(splits_dir, tmp_path / "teacher", max_train_rows=32))
     teacher = tmp_path / "teacher" / "model"
     summary, history = train_classifier(tiny_params(splits_dir, tmp_path / "student", teacher_model=str(teacher),
                                                     transfer_data=["rt_plot"], max_transfer_rows=40,
