@@ -10,11 +10,28 @@ import numpy as np
 from .core import csv_safe
 
 # %% auto #0
-__all__ = ['SQLITE_MAGIC', 'PREDICT_WRITERS', 'COMMANDS', 'add_params_options', 'add_variant_option', 'add_long_text_option',
-           'add_run_command', 'run_command', 'check_writable_file', 'check_log_path', 'model_line', 'add_serve_command',
-           'serve_command', 'add_s3_local_command', 's3_local_command', 'add_train_command', 'train_command',
-           'add_predict_command', 'stdin_lines', 'predict_inputs', 'utf8_safe', 'score_texts', 'truncation_note',
-           'scored_table', 'printed_rows', 'write_scored', 'predict_command', 'build_parser', 'is_user_error', 'main']
+__all__ = ['SQLITE_MAGIC', 'SERVE_ALIASES', 'PREDICT_WRITERS', 'COMMANDS', 'add_field_option', 'add_dataclass_options',
+           'add_params_options', 'add_variant_option', 'add_long_text_option', 'add_run_command', 'run_command',
+           'check_writable_file', 'check_log_path', 'model_line', 'add_serve_command', 'serve_command',
+           'add_s3_local_command', 's3_local_command', 'given_options_only', 'add_train_command', 'training_mapping',
+           'train_command', 'add_predict_command', 'table_texts', 'stdin_lines', 'predict_inputs', 'utf8_safe',
+           'score_texts', 'truncation_note', 'scored_table', 'printed_rows', 'write_scored', 'predict_command',
+           'build_parser', 'is_user_error', 'main']
+
+# %% ../nbs/13_cli.ipynb #521385ef
+def add_field_option(parser, cls, name: str, *aliases: str) -> None:
+    "The option `--name-with-dashes` (and the older spellings `aliases`) of one field of a StageParams dataclass, its help from `cls.help()`."
+    if name not in cls.types():
+        raise ValueError(f"{cls.__name__} has no parameter '{name}'; its parameters are {list(cls.types())}")
+    flags, default, help = [f"--{name.replace('_', '-')}", *aliases], cls.defaults()[name], cls.help()[name].replace("%", "%%")
+    kind = dict(action=argparse.BooleanOptionalAction) if cls.types()[name].kind == "bool" else dict(metavar=name.upper())
+    action = parser.add_argument(*flags, dest=name, default=default, help=help, **kind)     # a bool: --name / --no-name
+    if "%(default)" not in action.help: action.help += " (default: %(default)r)"          # some Pythons add it for bools
+
+def add_dataclass_options(parser, cls, names=None, skip=()) -> None:
+    "An option per field of a StageParams dataclass (`names`: only these; `skip`: not these); `cls.from_mapping(vars(args))` reads them back typed."
+    for name in (list(cls.types()) if names is None else names):
+        if name not in skip: add_field_option(parser, cls, name)
 
 # %% ../nbs/13_cli.ipynb #0a3f53af
 def add_params_options(p, param_help: str) -> None:
@@ -90,35 +107,31 @@ def model_line(model_dir: str | Path, run_id: str | None, variant: str) -> str:
     return f"model: run {run_id or '(none recorded)'} at {model_dir} ({variant})" + (": " + ", ".join(scores) if scores else "")
 
 # %% ../nbs/13_cli.ipynb #9888a175
+SERVE_ALIASES = {"model_dir": ("--model",), "metrics_path": ("--metrics",), "prediction_log": ("--log",),
+                 "model_variant": ("--variant",)}   # stage 04's parameter -> the option's older spelling, still accepted
+
 def add_serve_command(sub) -> None:
-    "The `serve` sub-command: the Gradio demo with `GET /health` and `POST /predict`."
+    "The `serve` sub-command: the Gradio demo with `GET /health` and `POST /predict`; its options are stage 04's parameters."
+    from sentiment_nb.app import DemoParams
     p = sub.add_parser("serve", help="serve a model in the Gradio demo with an HTTP API (GET /health, POST /predict)")
-    p.add_argument("--model", default=None, help="model folder, run id, or s3://bucket/prefix[#run-id] "
-                                                  "(default: the newest completed run's model under --reports-dir)")
-    p.add_argument("--reports-dir", default="reports", help="folder of the run folders, for run ids and the default")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=int, default=7860, help="TCP port, 0 picks a free one")
-    p.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
-    p.add_argument("--metrics", default="", help="metrics.json for the Model tab (default: the model's run folder)")
-    p.add_argument("--log", default="reports/predictions.sqlite", help="SQLite prediction log")
-    p.add_argument("--no-log-texts", action="store_true", help="log only each text's SHA-256, not the text")
-    add_variant_option(p); add_long_text_option(p)
-    p.add_argument("--lazy", action="store_true", help="load the model on the first request, not at start")
-    p.add_argument("--idle-unload-minutes", type=float, default=30.0, help="release the model when idle, 0: never")
-    p.add_argument("--max-upload-mb", type=float, default=5.0, help="largest CSV the Batch tab accepts")
-    p.set_defaults(func=serve_command)
+    for name, aliases in SERVE_ALIASES.items(): add_field_option(p, DemoParams, name, *aliases)
+    add_dataclass_options(p, DemoParams, skip=(*SERVE_ALIASES, "serve", "check_text", "run_dir"))
+    p.add_argument("--lazy", dest="load_model_at_start", action="store_false", help="same as --no-load-model-at-start")
+    p.add_argument("--reports-dir", default="reports", help="folder of the run folders: run ids, and the newest "
+                                                           "completed run's model when --model is not given")
+    p.set_defaults(func=serve_command, port=7860, prediction_log="reports/predictions.sqlite")
 
 def serve_command(args) -> int:
     "Check the model source and the log path, name the model, then serve the demo until interrupted."
-    from sentiment_nb.infer import check_model_files, resolve_model_dir, resolve_variant, training_summary
-    d = resolve_model_dir(args.model, args.reports_dir)   # a wrong source fails here, before anything starts (S3: pulled once)
-    check_model_files(d); check_log_path(args.log)
-    print(model_line(d, training_summary(d).get("run_id"), resolve_variant(args.variant)), file=sys.stderr, flush=True)
-    from sentiment_nb.app import DemoSettings, serve_demo
-    source = args.model if str(args.model or "").startswith("s3://") else str(d)      # the folder just resolved
-    settings = DemoSettings(source, args.metrics, args.log, not args.no_log_texts, not args.lazy, args.variant,
-                            args.idle_unload_minutes, max_upload_mb=args.max_upload_mb, long_text=args.long_text)
-    try: serve_demo(settings, args.host, args.port, args.share)
+    import dataclasses
+    from sentiment_nb.app import DemoParams, serve_demo
+    from sentiment_nb.infer import check_long_text, check_model_files, resolve_model_dir, resolve_variant, training_summary
+    params = DemoParams.from_mapping(vars(args))          # the options, typed as the notebook's parameters
+    d = resolve_model_dir(params.model_dir or None, args.reports_dir)   # a wrong source fails here, before anything starts (S3: pulled once)
+    check_model_files(d); check_log_path(params.prediction_log); check_long_text(params.long_text)
+    print(model_line(d, training_summary(d).get("run_id"), resolve_variant(params.model_variant)), file=sys.stderr, flush=True)
+    source = params.model_dir if params.model_dir.startswith("s3://") else str(d)      # the folder just resolved
+    try: serve_demo(dataclasses.replace(params, model_dir=source))
     except OSError as e: print(f"sentiment-nb serve: error: {e}", file=sys.stderr); return 2
     return 0
 
@@ -146,24 +159,36 @@ def s3_local_command(args) -> int:
     except (RuntimeError, OSError) as e: print(f"sentiment-nb s3-local: error: {e}", file=sys.stderr); return 2
 
 # %% ../nbs/13_cli.ipynb #a42f3c52
+def given_options_only(parser, names) -> None:
+    "Leave the options of `names` out of the parsed arguments unless given (their help still shows the default)."
+    for a in parser._actions:
+        if a.dest not in names or not a.help: continue
+        shown = a.help % {"default": a.default} if "%(default)" in a.help else a.help.replace("%%", "%") + f" (default: {a.default})"
+        a.help, a.default = shown.replace("%", "%%"), argparse.SUPPRESS
+
 def add_train_command(sub) -> None:
-    "The `train` sub-command: stage 02 on its own, torchrun-ready."
+    "The `train` sub-command: stage 02 on its own, torchrun-ready; an option per parameter of `TrainingParams`."
+    from sentiment_nb.train import TrainingParams
     p = sub.add_parser("train", help="fine-tune the model (stage 02) without papermill; works under torchrun")
-    add_params_options(p, "set one training parameter (see the README's 02 table); VALUE is read as YAML")
+    add_params_options(p, "set one training parameter (the options below, by name); VALUE is read as YAML")
+    add_dataclass_options(p, TrainingParams)
+    given_options_only(p, TrainingParams.types())      # so a parameters file's values stand unless an option is given
     p.set_defaults(func=train_command)
 
+def training_mapping(args) -> dict:
+    "The training parameters of a `train` command line: the file's, then the `-p` overrides, then the options given."
+    from sentiment_nb.pipeline import PARAMETER_ALIASES, apply_overrides, did_you_mean, load_params
+    from sentiment_nb.train import TrainingParams
+    known = TrainingParams.types()
+    unknown = [n for n, _ in args.param if n not in known and PARAMETER_ALIASES.get(n) not in known]
+    if unknown: raise ValueError(f"unknown training parameter(s) {did_you_mean(unknown, known)}")
+    options = [(n, v) for n, v in vars(args).items() if n in known]
+    return apply_overrides(load_params(args.params_file), [*map(tuple, args.param), *options])
+
 def train_command(args) -> int:
-    "Train with the file's parameters and the overrides; refuse override names stage 02 does not have."
-    import dataclasses, difflib
-    from sentiment_nb.pipeline import apply_overrides, load_params
-    from sentiment_nb.train import TrainingParams, train_from_params
-    known = [f.name for f in dataclasses.fields(TrainingParams)]
-    unknown = [n for n, _ in args.param if n not in known]
-    if unknown:
-        hints = {n: difflib.get_close_matches(n, known, 1) for n in unknown}
-        raise ValueError("unknown training parameter(s) " + ", ".join(
-            f"'{n}'" + (f" (did you mean '{h[0]}'?)" if h else "") for n, h in hints.items()))
-    train_from_params(apply_overrides(load_params(args.params_file), [tuple(p) for p in args.param]))
+    "Train with the parameters of the command line; refuse names stage 02 does not have."
+    from sentiment_nb.train import train_from_params
+    train_from_params(training_mapping(args))
     return 0
 
 # %% ../nbs/13_cli.ipynb #808c98eb
@@ -175,7 +200,8 @@ PREDICT_WRITERS = {".csv": lambda df, p: csv_safe(df).to_csv(p, index=False),
 def add_predict_command(sub) -> None:
     "The `predict` sub-command: score texts, stdin lines or a table column."
     p = sub.add_parser("predict", help="score texts, stdin lines ('-') or a table column with a trained model")
-    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to score; '-' reads one text per line from stdin")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to score; '-' reads one text per line from stdin; "
+                   "with --engine ray: the one INPUT (CSV/TSV/JSONL/parquet file, folder, glob or s3://bucket/prefix)")
     p.add_argument("--file", default=None, help="table of texts to score (CSV, TSV, JSONL, JSON, parquet, xlsx)")
     p.add_argument("--column", default="text", help="the column of --file that holds the texts")
     p.add_argument("--out", default=None, help=f"write the scored rows here ({', '.join(PREDICT_WRITERS)})")
@@ -186,7 +212,20 @@ def add_predict_command(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the runtime's)")
     p.add_argument("--json", action="store_true", help="print one JSON object per text (label, confidence, scores, truncated)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"], help="local: score in this process; ray: Ray "
+                   "Data on an actor pool, INPUT -> --out OUTPUT_DIR of parquet parts (local or s3://), rerunnable")
+    p.add_argument("--num-actors", type=int, default=None, help="--engine ray: model copies scoring at once "
+                                                                 "(default: the cluster's CPUs / --threads-per-actor)")
+    p.add_argument("--threads-per-actor", type=int, default=1, help="--engine ray: CPU threads of each actor's model")
+    p.add_argument("--block-rows", type=int, default=10_000, help="--engine ray: rows per block of a parquet file "
+                                                                   "(a CSV/TSV/JSONL file is one block)")
+    p.add_argument("--address", default=None, help="--engine ray: join this Ray cluster (auto, ray://head:10001, "
+                                                    "head:6379); default: start Ray here and stop it after the job")
     p.set_defaults(func=predict_command)
+
+def table_texts(table, column: str) -> list[str]:
+    "The texts of a table's column as `predict` scores them: a missing value is an empty text."
+    return table[column].fillna("").astype(str).tolist()
 
 def stdin_lines(stdin=None) -> list[str]:
     "Every line of stdin (blank ones too: one row each), undecodable bytes kept as lone surrogates for the reason to name."
@@ -206,7 +245,7 @@ def predict_inputs(args, stdin=None):
         table = read_table(args.file)
         if args.column not in table.columns:
             raise ValueError(f"column '{args.column}' not in {args.file}; its columns are {list(table.columns)} (pick one with --column)")
-        return table[args.column].fillna("").astype(str).tolist(), table
+        return table_texts(table, args.column), table
     if args.texts == ["-"]: return stdin_lines(stdin), None
     if not args.texts: raise ValueError("nothing to score: give TEXT arguments, '-' to read stdin, or --file")
     return list(args.texts), None
@@ -275,6 +314,9 @@ def write_scored(table, out: str | Path) -> None:
 def predict_command(args) -> int:
     "Score the texts and print them, or write the scored table to --out; one output row per input row."
     from sentiment_nb.infer import load_model, resolve_model_dir
+    if getattr(args, "engine", "local") == "ray":
+        from sentiment_nb.ray_scoring import predict_ray
+        return predict_ray(args)
     texts, table = predict_inputs(args)
     m = load_model(resolve_model_dir(args.model, args.reports_dir), threads=args.threads, variant=args.variant)
     print(model_line(m.model_dir, m.run_id, m.variant), file=sys.stderr, flush=True)
