@@ -372,7 +372,8 @@ def parameters_cell_differences(cls: type, notebook: str | Path) -> list[str]:
 # Stage -> (module, class) of its params dataclass.
 STAGE_PARAMS = {"00_eda": ("sentiment_nb.eda", "EDAParams"), "01_preprocessing": ("sentiment_nb.data", "PreprocessingParams"),
                 "02_training": ("sentiment_nb.train", "TrainingParams"), "03_evaluation": ("sentiment_nb.evaluate", "EvaluationParams"),
-                "04_demo": ("sentiment_nb.app", "DemoParams")}
+                "04_demo": ("sentiment_nb.app", "DemoParams"),
+                "05_monitoring": ("sentiment_nb.drift", "MonitoringParams")}
 
 def stage_params_class(stage: str) -> type | None:
     "The params dataclass of a stage, None while its module defines none."
