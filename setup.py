@@ -11,6 +11,7 @@ statuses = ["Planning", "Pre-Alpha", "Alpha", "Beta", "Production/Stable", "Matu
 py_versions = "3.10 3.11 3.12".split()
 
 requirements = cfg.get("requirements", "").split()
+pipeline_requirements = cfg.get("pipeline_requirements", "").split()
 dev_requirements = cfg.get("dev_requirements", "").split()
 lic = licenses[cfg["license"]]
 min_python = cfg["min_python"]
@@ -36,7 +37,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require={"pipeline": pipeline_requirements, "dev": dev_requirements},
     python_requires=">=" + min_python,
     zip_safe=False,
     entry_points={"console_scripts": console_scripts, "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
