@@ -15,11 +15,11 @@ from .core import package_file, read_json, resolve_path, write_json, use_offline
 from .pipeline import StageParams, param
 
 # %% auto #0
-__all__ = ['BUILTIN_DATASETS', 'TABLE_READERS', 'clean_text', 'DatasetParams', 'PreprocessingParams', 'table_suffix',
-           'read_table', 'load_builtin_dataset', 'select_text_and_label', 'load_hub_dataset', 'load_raw_dataset',
-           'label_key', 'is_missing_label', 'default_class_names', 'map_labels', 'load_labeled_dataset',
-           'normalise_text', 'clean_and_dedupe', 'check_split_sizes', 'split_stratified', 'check_no_leakage',
-           'stratified_sample', 'splits_hash', 'save_splits', 'load_splits', 'prepare_splits']
+__all__ = ['BUILTIN_DATASETS', 'TABLE_READERS', 'DatasetParams', 'PreprocessingParams', 'table_suffix', 'read_table',
+           'load_builtin_dataset', 'select_text_and_label', 'load_hub_dataset', 'load_raw_dataset', 'label_key',
+           'is_missing_label', 'default_class_names', 'map_labels', 'load_labeled_dataset', 'normalise_text',
+           'clean_and_dedupe', 'check_split_sizes', 'split_stratified', 'check_no_leakage', 'stratified_sample',
+           'splits_hash', 'save_splits', 'load_splits', 'prepare_splits']
 
 # %% ../nbs/01_preprocessing.ipynb #124e9637
 @dataclass
@@ -188,8 +188,6 @@ def normalise_text(text: Any, strip_html: bool = True, strip_urls: bool = True, 
     t = "".join(c if unicodedata.category(c)[0] != "C" else " " for c in t)
     t = _WS.sub(" ", t).strip()
     return t.lower() if lowercase else t
-
-clean_text = normalise_text   # the old name, until 03 and tests/test_bad_inputs.py call normalise_text
 
 # %% ../nbs/01_preprocessing.ipynb #cf9cef2f
 def clean_and_dedupe(df: pd.DataFrame, min_chars: int = 1, **clean_kw) -> tuple[pd.DataFrame, dict]:

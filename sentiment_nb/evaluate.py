@@ -331,7 +331,7 @@ def text_table(df: pd.DataFrame, column: str = "text"):
 # %% ../nbs/03_evaluation.ipynb #86002ff8
 def ood_accuracy(m, dataset: str, ood_rows: int = 2000, eval_batch_size: int = 64) -> tuple[float | None, dict]:
     "Accuracy of model `m` on the held-out positive/negative tweets, and what was scored (or why nothing was)."
-    from sentiment_nb.data import clean_text
+    from sentiment_nb.data import normalise_text
     from sentiment_nb.distill import OOD_SEED, split_ood_tweets
     if ood_rows <= 0: return None, {"note": "ood_rows is 0"}
     if dataset == "tweets_3class": return None, {"note": "the model was trained on the tweets: they are not out of domain"}
@@ -340,7 +340,7 @@ def ood_accuracy(m, dataset: str, ood_rows: int = 2000, eval_batch_size: int = 6
     held = split_ood_tweets()[0]
     if ood_rows < len(held): held = held.sample(ood_rows, random_state=OOD_SEED)
     cols = [m.labels.index("negative"), m.labels.index("positive")]
-    probs = predict_proba(m, [clean_text(t) for t in held["text"]], eval_batch_size)[:, cols]
+    probs = predict_proba(m, [normalise_text(t) for t in held["text"]], eval_batch_size)[:, cols]
     pred = np.array(["negative", "positive"])[probs.argmax(axis=1)]
     return float((pred == held["label_name"].to_numpy()).mean()), {"rows": len(held), "set": "tweets_3class positive/negative, held out"}
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from sentiment_nb.data import clean_text, prepare_splits
+from sentiment_nb.data import normalise_text, prepare_splits
 
 
 def write(path: Path, content) -> Path:
@@ -85,7 +85,7 @@ HANDLED = [  # raw text -> what cleaning makes of it
 
 @pytest.mark.parametrize("name,raw,expected", HANDLED, ids=[c[0] for c in HANDLED])
 def test_cleaning_handles_odd_text(name, raw, expected):
-    assert clean_text(raw) == expected
+    assert normalise_text(raw) == expected
 
 
 def test_huge_text_and_latin1_file_are_handled(tmp_path):
