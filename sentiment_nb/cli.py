@@ -122,8 +122,8 @@ def add_serve_command(sub) -> None:
     p.set_defaults(func=serve_command, port=7860, prediction_log="reports/predictions.sqlite")
 
 def serve_command(args) -> int:
-    "Check the model source and the log path, name the model, then serve the demo until interrupted."
-    import dataclasses
+    "Check the model source and the log path, name the model, then serve the demo until interrupted (Ctrl-C or SIGTERM)."
+    import dataclasses, signal
     from sentiment_nb.app import DemoParams, serve_demo
     from sentiment_nb.infer import check_long_text, check_model_files, resolve_model_dir, resolve_variant, training_summary
     params = DemoParams.from_mapping(vars(args))          # the options, typed as the notebook's parameters
@@ -131,6 +131,7 @@ def serve_command(args) -> int:
     check_model_files(d); check_log_path(params.prediction_log); check_long_text(params.long_text)
     print(model_line(d, training_summary(d).get("run_id"), resolve_variant(params.model_variant)), file=sys.stderr, flush=True)
     source = params.model_dir if params.model_dir.startswith("s3://") else str(d)      # the folder just resolved
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # docker stop, Kubernetes: stop as Ctrl-C does, the log committed and closed
     try: serve_demo(dataclasses.replace(params, model_dir=source))
     except OSError as e: print(f"sentiment-nb serve: error: {e}", file=sys.stderr); return 2
     return 0

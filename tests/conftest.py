@@ -20,6 +20,11 @@ def run_cli(*args, timeout=900, env=None, check=False, cwd=ROOT):
     return proc
 
 
+def pytest_configure(config):
+    "The `slow` marker: tests that build a container image or train a model (still run by `make test`)."
+    config.addinivalue_line("markers", "slow: builds a container image or trains a model (run by make test)")
+
+
 @pytest.fixture(scope="session")
 def root():
     return ROOT
