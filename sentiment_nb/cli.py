@@ -15,8 +15,9 @@ __all__ = ['SQLITE_MAGIC', 'SERVE_ALIASES', 'PREDICT_WRITERS', 'COMMANDS', 'add_
            'check_writable_file', 'check_log_path', 'model_line', 'add_serve_command', 'serve_command',
            'add_s3_local_command', 's3_local_command', 'given_options_only', 'add_train_command', 'training_mapping',
            'train_command', 'add_predict_command', 'table_texts', 'stdin_lines', 'predict_inputs', 'utf8_safe',
-           'score_texts', 'truncation_note', 'scored_table', 'printed_rows', 'write_scored', 'predict_command',
-           'build_parser', 'is_user_error', 'main']
+           'score_texts', 'truncation_note', 'scored_table', 'printed_rows', 'explained_words', 'write_scored',
+           'predict_command', 'add_feedback_command', 'feedback_export_command', 'build_parser', 'is_user_error',
+           'main']
 
 # %% ../nbs/13_cli.ipynb #521385ef
 def add_field_option(parser, cls, name: str, *aliases: str) -> None:
@@ -212,6 +213,8 @@ def add_predict_command(sub) -> None:
     add_variant_option(p); add_long_text_option(p)
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the runtime's)")
+    p.add_argument("--explain", action="store_true", help="also give each text's top words for its label (occlusion, "
+                   "~0.2 s a text with onnx-int8): printed after the text, `words` in --json and in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object per text (label, confidence, scores, truncated)")
     p.add_argument("--engine", default="local", choices=["local", "ray"], help="local: score in this process; ray: Ray "
                    "Data on an actor pool, INPUT -> --out OUTPUT_DIR of parquet parts (local or s3://), rerunnable")
@@ -289,18 +292,28 @@ def scored_table(texts: list[str], table, probs: np.ndarray, reasons: list[str |
     return out
 
 def printed_rows(texts: list[str], probs: np.ndarray, reasons: list[str | None], labels: list[str], as_json: bool,
-                 truncated: np.ndarray | None = None) -> list[str]:
-    "One output line per text: `label<TAB>confidence<TAB>text`, or a JSON object; a refused text shows its reason."
+                 truncated: np.ndarray | None = None, words: list[list[dict] | None] | None = None) -> list[str]:
+    "One output line per text: `label<TAB>confidence<TAB>text` (`<TAB>words: ...` with `words`), or a JSON object; a refused text shows its reason."
     import json
+    from sentiment_nb.explain import top_words
     lines, cut = [], np.zeros(len(texts), dtype=bool) if truncated is None else truncated
-    for t, p, r, c in zip(map(utf8_safe, texts), probs, reasons, cut):
+    for i, (t, p, r, c) in enumerate(zip(map(utf8_safe, texts), probs, reasons, cut)):
+        w = {} if words is None else {"words": words[i]}
         if as_json:
-            row = ({"text": t, "label": None, "confidence": None, "scores": None, "truncated": False, "error": r} if r else
+            row = ({"text": t, "label": None, "confidence": None, "scores": None, "truncated": False, "error": r, **w} if r else
                    {"text": t, "label": labels[int(p.argmax())], "confidence": round(float(p.max()), 6),
-                    "scores": {n: round(float(s), 6) for n, s in zip(labels, p)}, "truncated": bool(c)})
+                    "scores": {n: round(float(s), 6) for n, s in zip(labels, p)}, "truncated": bool(c), **w})
             lines.append(json.dumps(row, ensure_ascii=False))
-        else: lines.append(f"-\t-\t{t}\tnot scored: {r}" if r else f"{labels[int(p.argmax())]}\t{p.max():.3f}\t{t}")
+        elif r: lines.append(f"-\t-\t{t}\tnot scored: {r}")
+        else: lines.append(f"{labels[int(p.argmax())]}\t{p.max():.3f}\t{t}" + (f"\twords: {top_words(words[i])}" if w else ""))
     return lines
+
+def explained_words(m, texts: list[str], probs: np.ndarray, reasons: list[str | None]) -> list[list[dict] | None]:
+    "Each scored text's words `[{word, start, end, weight}]` for the label it was given (None for a text not scored)."
+    from sentiment_nb.explain import explain_batch
+    ok = [i for i, r in enumerate(reasons) if r is None]
+    found = dict(zip(ok, explain_batch(m, [texts[i] for i in ok], [int(probs[i].argmax()) for i in ok])))
+    return [found.get(i) for i in range(len(texts))]
 
 def write_scored(table, out: str | Path) -> None:
     "Write the scored table in the format of `out`'s suffix via a temporary file, so a failed write leaves no half file."
@@ -323,17 +336,46 @@ def predict_command(args) -> int:
     print(model_line(m.model_dir, m.run_id, m.variant), file=sys.stderr, flush=True)
     probs, reasons, truncated = score_texts(m, texts, args.batch_size, args.long_text)
     if note := truncation_note(truncated, m.max_length): print(note, file=sys.stderr)
+    words = explained_words(m, texts, probs, reasons) if getattr(args, "explain", False) else None
     if args.out:
-        write_scored(scored_table(texts, table, probs, reasons, m.labels, truncated), args.out)
+        scored = scored_table(texts, table, probs, reasons, m.labels, truncated)
+        if words is not None:
+            from sentiment_nb.explain import top_words
+            scored["words"] = ["" if w is None else top_words(w) for w in words]
+        write_scored(scored, args.out)
         refused = sum(r is not None for r in reasons)
         print(f"{len(texts)} rows -> {args.out}: {len(texts) - refused} scored, {refused} not scored (reason in 'note')",
               file=sys.stderr)
         return 0
-    for line in printed_rows(texts, probs, reasons, m.labels, args.json, truncated): print(line)
+    for line in printed_rows(texts, probs, reasons, m.labels, args.json, truncated, words): print(line)
+    return 0
+
+# %% ../nbs/13_cli.ipynb #4f097fec
+def add_feedback_command(sub) -> None:
+    "The `feedback` sub-command: `feedback export` writes the log's corrections as training rows."
+    p = sub.add_parser("feedback", help="corrections users gave in the demo: export them as training rows")
+    fsub = p.add_subparsers(dest="feedback_command", required=True)
+    e = fsub.add_parser("export", help="write the prediction log's corrections as text,label rows (for 01's extra_training_data)")
+    e.add_argument("--log", default="reports/predictions.sqlite", help="the demo's prediction log (SQLite)")
+    e.add_argument("--out", required=True, help="the CSV to write (replaced whole), e.g. feedback.csv")
+    e.set_defaults(func=feedback_export_command)
+
+def feedback_export_command(args) -> int:
+    "Check --out and --log, export the corrections and say how many rows were written where."
+    from sentiment_nb.core import resolve_path
+    from sentiment_nb.drift import export_feedback
+    if Path(args.out).suffix.lower() != ".csv": raise ValueError(f"--out {args.out}: expected a .csv file")
+    check_writable_file(resolve_path(args.out), "--out", make_folder=True)
+    log = resolve_path(args.log)
+    if not log.is_file(): raise FileNotFoundError(f"--log {args.log}: no prediction log there (the demo writes one with --log)")
+    with open(log, "rb") as f:
+        if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC: raise ValueError(f"--log {args.log} is not an SQLite database (a prediction log)")
+    out = export_feedback(log, args.out)
+    print(f"{out['rows']} text,label rows (from {out['feedback_rows']} corrections) -> {out['path']}")
     return 0
 
 # %% ../nbs/13_cli.ipynb #9b8b0898
-COMMANDS = [add_run_command, add_serve_command, add_s3_local_command, add_train_command, add_predict_command]
+COMMANDS = [add_run_command, add_serve_command, add_s3_local_command, add_train_command, add_predict_command, add_feedback_command]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `sentiment-nb` parser with every sub-command."

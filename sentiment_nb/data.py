@@ -18,8 +18,9 @@ from .pipeline import StageParams, param
 __all__ = ['BUILTIN_DATASETS', 'TABLE_READERS', 'DatasetParams', 'PreprocessingParams', 'table_suffix', 'read_table',
            'load_builtin_dataset', 'select_text_and_label', 'load_hub_dataset', 'load_raw_dataset', 'label_key',
            'is_missing_label', 'default_class_names', 'map_labels', 'load_labeled_dataset', 'normalise_text',
-           'clean_and_dedupe', 'check_split_sizes', 'split_stratified', 'check_no_leakage', 'stratified_sample',
-           'splits_hash', 'save_splits', 'load_splits', 'prepare_splits']
+           'clean_and_dedupe', 'check_split_sizes', 'split_stratified', 'check_no_leakage', 'near_key',
+           'read_extra_rows', 'add_extra_training_rows', 'stratified_sample', 'splits_hash', 'save_splits',
+           'load_splits', 'prepare_splits']
 
 # %% ../nbs/01_preprocessing.ipynb #124e9637
 @dataclass
@@ -43,6 +44,9 @@ class PreprocessingParams(DatasetParams):
     test_size: float = param(0.1, "fraction of the rows in the test split")
     validation_size: float = param(0.1, "fraction of the rows in the validation split")
     seed: int = param(42, "seed of the sampling and the split")
+    extra_training_data: list[str] = param([], "CSV/TSV/JSONL/parquet files of `text,label` rows (e.g. from `sentiment-nb feedback export`) "
+                                               "added to the training split only: labels must be class names; rows equal to a validation "
+                                               "or test text (ignoring case and whitespace) are removed and counted")
     processed_dir: str = param("data/processed", "where `train/validation/test.parquet` and `splits.json` go (relative to the project root)")
     run_dir: str = param("reports/notebook", "run folder for the stage summary (set by the runner)")
 
@@ -234,6 +238,37 @@ def check_no_leakage(splits: dict[str, pd.DataFrame]) -> None:
             if seen.setdefault(t, name) != name:
                 raise ValueError(f"leakage: the text {t[:60]!r} is in both '{seen[t]}' and '{name}'")
 
+# %% ../nbs/01_preprocessing.ipynb #5dee629e
+def near_key(text: str) -> str:
+    "The form two texts are compared in for leakage: lower-cased, whitespace collapsed."
+    return " ".join(str(text).lower().split())
+
+def read_extra_rows(path: str | Path, class_names: list[str]) -> pd.DataFrame:
+    "One `text,label` file as labeled rows of these classes; errors name the file, the column or the row."
+    table = read_table(path)
+    try:
+        rows = select_text_and_label(table, "text", "label", f"extra_training_data file '{path}'")
+        return map_labels(rows.assign(text=rows["text"].fillna("").astype(str)), class_names)
+    except ValueError as e: raise ValueError(f"extra_training_data file '{path}': {e}") from e
+
+def add_extra_training_rows(splits: dict[str, pd.DataFrame], paths: list[str], class_names: list[str],
+                            min_chars: int = 1, **clean_kw) -> tuple[dict[str, pd.DataFrame], dict]:
+    "The splits with the files' rows appended to `train` (cleaned, deduped, none near-equal to a validation/test text), and the counts."
+    if isinstance(paths, str): paths = [paths]
+    info = {"files": [str(p) for p in paths], "rows_read": 0, "dropped_short": 0, "dropped_duplicates": 0,
+            "removed_in_validation_or_test": 0, "removed_in_train": 0, "rows_added": 0}
+    if not paths: return splits, info
+    extra = pd.concat([read_extra_rows(p, class_names) for p in paths], ignore_index=True)
+    clean, cleaning = clean_and_dedupe(extra, min_chars, **clean_kw)
+    held_out = {near_key(t) for name in ("validation", "test") for t in splits[name]["text"]}
+    leaking = clean["text"].map(near_key).isin(held_out)
+    in_train = ~leaking & clean["text"].isin(set(splits["train"]["text"]))
+    added = clean[~leaking & ~in_train]
+    info.update(rows_read=len(extra), dropped_short=cleaning["dropped_short"], dropped_duplicates=cleaning["dropped_duplicates"],
+                removed_in_validation_or_test=int(leaking.sum()), removed_in_train=int(in_train.sum()), rows_added=len(added))
+    train = pd.concat([splits["train"], added[splits["train"].columns]], ignore_index=True)
+    return {**splits, "train": train}, info
+
 # %% ../nbs/01_preprocessing.ipynb #2e47b89f
 def stratified_sample(df: pd.DataFrame, max_rows: int, seed: int = 42) -> pd.DataFrame:
     "At most `max_rows` rows keeping the class shares (all rows when `max_rows` is 0 or large enough)."
@@ -250,7 +285,8 @@ def splits_hash(splits: dict[str, pd.DataFrame]) -> str:
         for t, l in zip(splits[name]["text"], splits[name]["label"]): h.update(f"{name}\t{l}\t{t}\n".encode())
     return h.hexdigest()
 
-def save_splits(splits: dict[str, pd.DataFrame], out_dir: str | Path, class_names: list[str], source: dict) -> dict:
+def save_splits(splits: dict[str, pd.DataFrame], out_dir: str | Path, class_names: list[str], source: dict,
+                extra_training_rows: int = 0) -> dict:
     "Write `<split>.parquet` files (each through a temp file and a rename) and then `splits.json`; return the description."
     out = resolve_path(out_dir); out.mkdir(parents=True, exist_ok=True)
     for name, part in splits.items():   # each file whole or not at all; splits.json (with the hash) last
@@ -261,7 +297,7 @@ def save_splits(splits: dict[str, pd.DataFrame], out_dir: str | Path, class_name
                              for n, p in splits.items()},
             "id2label": {str(i): n for i, n in enumerate(class_names)},
             "label2id": {n: i for i, n in enumerate(class_names)},
-            "source": source, "hash": splits_hash(splits)}
+            "extra_training_rows": int(extra_training_rows), "source": source, "hash": splits_hash(splits)}
     write_json(out / "splits.json", meta)
     return meta
 
@@ -280,14 +316,18 @@ def prepare_splits(dataset: str = "rotten_tomatoes", text_column: str = "text", 
                    label_mapping_dict: dict | None = None, class_names: list[str] | None = None,
                    max_rows: int = 0, test_size: float = 0.1, validation_size: float = 0.1, seed: int = 42,
                    strip_html: bool = True, strip_urls: bool = True, lowercase: bool = False, min_chars: int = 1,
-                   processed_dir: str | Path = "data/processed", encoding: str = "utf-8") -> tuple[dict, dict]:
-    "Load, map labels, clean, dedupe, sample, split, check leakage and save; return splits and description."
+                   processed_dir: str | Path = "data/processed", encoding: str = "utf-8",
+                   extra_training_data: list[str] | None = None) -> tuple[dict, dict]:
+    "Load, map labels, clean, dedupe, sample, split, add the extra training rows, check leakage and save; return splits and description."
     labeled, names, mapping = load_labeled_dataset(dataset, text_column, label_column, label_mapping_dict,
                                                    class_names, encoding)
     clean, cleaning = clean_and_dedupe(labeled, min_chars, strip_html=strip_html, strip_urls=strip_urls, lowercase=lowercase)
     splits = split_stratified(stratified_sample(clean, max_rows, seed), test_size, validation_size, seed)
+    splits, extra = add_extra_training_rows(splits, list(extra_training_data or []), names, min_chars,
+                                            strip_html=strip_html, strip_urls=strip_urls, lowercase=lowercase)
     check_no_leakage(splits)
     source = {"dataset": dataset, "text_column": text_column, "label_column": label_column,
               "label_mapping_dict": mapping, "cleaning": cleaning, "max_rows": max_rows, "test_size": test_size,
-              "validation_size": validation_size, "seed": seed}
-    return splits, save_splits(splits, processed_dir, names, source)
+              "validation_size": validation_size, "seed": seed, "extra_training_data": extra}
+    meta = save_splits(splits, processed_dir, names, source, extra_training_rows=extra["rows_added"])
+    return splits, meta

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import time
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -13,18 +15,21 @@ import seaborn as sns
 from sklearn import metrics as skm
 
 from .core import read_json, resolve_path, write_json
-from .infer import load_model, newest_model_dir, predict_proba, training_summary, weights_sha256
+from .explain import SERVED_METHOD, explain_batch, faithfulness, top_words
+from .infer import load_model, newest_model_dir, predict_proba, resolve_variant, training_summary, weights_sha256
 from .pipeline import StageParams, load_run_splits, param
 
 # %% auto #0
-__all__ = ['BASELINES', 'MIN_CALIBRATION_ROWS', 'HEADLINE_METRICS', 'CALIBRATION_METRICS', 'EvaluationParams', 'model_source',
-           'split_labels', 'check_same_labels', 'evaluation_inputs', 'normalized', 'roc_auc', 'classification_metrics',
-           'metric_names', 'confusion_tables', 'plot_confusion', 'reliability_table', 'expected_calibration_error',
-           'plot_reliability', 'plot_confidence_histogram', 'apply_temperature', 'fit_temperature', 'calibrate',
-           'check_baselines', 'majority_baseline', 'tfidf_logreg_baseline', 'vader_roles', 'vader_probs',
-           'vader_baseline', 'score_baselines', 'evaluate_probs', 'comparison_table', 'metrics_rows', 'write_metrics',
-           'evaluation_headline', 'error_examples', 'text_table', 'ood_accuracy', 'sample_rows', 'model_metrics',
-           'evaluate_model', 'reliability_figure', 'calibration_table', 'conditions_table', 'evaluation_tables']
+__all__ = ['BASELINES', 'MIN_CALIBRATION_ROWS', 'HEADLINE_METRICS', 'FAITHFULNESS_K', 'CALIBRATION_METRICS', 'EvaluationParams',
+           'model_source', 'split_labels', 'check_same_labels', 'evaluation_inputs', 'normalized', 'roc_auc',
+           'classification_metrics', 'metric_names', 'confusion_tables', 'plot_confusion', 'reliability_table',
+           'expected_calibration_error', 'plot_reliability', 'plot_confidence_histogram', 'apply_temperature',
+           'fit_temperature', 'calibrate', 'check_baselines', 'majority_baseline', 'tfidf_logreg_baseline',
+           'vader_roles', 'vader_probs', 'vader_baseline', 'score_baselines', 'evaluate_probs', 'comparison_table',
+           'metrics_rows', 'write_metrics', 'faithfulness_headline', 'evaluation_headline', 'error_examples',
+           'with_top_words', 'text_table', 'ood_accuracy', 'sample_rows', 'model_metrics', 'explanation_model',
+           'faithfulness_report', 'evaluate_model', 'reliability_figure', 'calibration_table', 'conditions_table',
+           'evaluation_tables']
 
 # %% ../nbs/03_evaluation.ipynb #6d37251d
 BASELINES = ("majority", "vader", "tfidf_logreg")
@@ -43,6 +48,8 @@ class EvaluationParams(StageParams):
                                                   "negative/positive(/neutral))")
     ood_rows: int = param(2000, "held-out positive/negative tweets scored for ood_accuracy (0: none)")
     n_error_examples: int = param(10, "rows in each error-analysis table")
+    faithfulness_rows: int = param(100, "test rows (a sample) of the explanations' faithfulness check: top-k attributed words deleted "
+                                        "against k random words, with the served method and variant (~0.2 s a row with ONNX int8); 0: off")
     seed: int = param(42, "seed of the row sample and of the TF-IDF + logistic regression baseline")
     push_model_s3: dict = param({"enabled": False, "conditions": [{"metric": "accuracy", "threshold": 0.8}],
                                  "bucket_name": "sentiment-nb-models", "prefix": "sentiment-nb", "endpoint_url": "",
@@ -302,6 +309,14 @@ def write_metrics(run_dir: str | Path, report: dict) -> tuple[Path, Path]:
     return write_json(d / "metrics.json", report), d / "metrics.csv"
 
 # %% ../nbs/03_evaluation.ipynb #e9a2bd61
+def faithfulness_headline(f: dict) -> dict:
+    "The faithfulness line of the stage summary: the gap with both means, or why it was not measured."
+    if f.get("status") != "measured": return {"explanation faithfulness": f.get("note", "not measured")}
+    return {"explanation faithfulness gap": round(f["gap"], 4),
+            "explanation faithfulness": f"deleting the top {f['k']} words drops the predicted class by {f['top_k_drop']:.3f}, "
+                                        f"{f['k']} random words by {f['random_drop']:.3f} ({f['texts']} of {f['rows']} test rows, "
+                                        f"{f['method']} on {f['variant']}, {f['ms_per_row']:.0f} ms a row)"}
+
 def evaluation_headline(report: dict, outcome: dict) -> dict:
     "The headline numbers and notes of stage 03 for `index.html`."
     m, cal = report["metrics"], report["calibration"]
@@ -309,7 +324,8 @@ def evaluation_headline(report: dict, outcome: dict) -> dict:
     return {"test rows": report["rows"], "test accuracy": fmt(m["accuracy"]), "macro F1": fmt(m["macro_f1"]),
             **{f"{n} accuracy": fmt(s["accuracy"]) for n, s in report["baselines"].items()},
             **{f"{n} baseline": note for n, note in report["baseline_notes"].items()},
-            "out-of-domain accuracy (tweets)": fmt(m["ood_accuracy"]), "ECE": fmt(m["ece"]), "temperature scaling": cal["note"],
+            "out-of-domain accuracy (tweets)": fmt(m["ood_accuracy"]), "ECE": fmt(m["ece"]),
+            **faithfulness_headline(report.get("faithfulness") or {}), "temperature scaling": cal["note"],
             **({"ECE after temperature": fmt(m["ece_temperature_scaled"])} if cal["status"] == "applied" else {}),
             "push": outcome["status"], "push outcome": outcome["message"], "data hash": report["data_hash"][:12]}
 
@@ -323,6 +339,11 @@ def error_examples(texts: Sequence[str], y_true: Sequence[int], probs: np.ndarra
     wrong = df[np.asarray(y_true) != pred].sort_values("confidence", ascending=False, kind="stable").head(n)
     unsure = df[np.asarray(y_true) == pred].sort_values("confidence", kind="stable").head(n)
     return wrong.reset_index(drop=True), unsure.reset_index(drop=True)
+
+def with_top_words(m, table: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+    "An error table with a `top words` column: each text's words that pushed most towards its predicted class."
+    words = explain_batch(m, table["text"].tolist(), table["predicted"].tolist()) if len(table) else []
+    return table.assign(**{"top words": [top_words(w, n) for w in words]})
 
 def text_table(df: pd.DataFrame, column: str = "text"):
     "The table styled for reading: the whole text, left-aligned so that it wraps as prose, numbers to 3 places."
@@ -359,9 +380,28 @@ def model_metrics(y: np.ndarray, probs: np.ndarray, scaled: np.ndarray, labels: 
             "log_loss_temperature_scaled": float(skm.log_loss(y, scaled, labels=list(range(len(labels))))),
             "temperature": calibration["temperature"]}
 
+# %% ../nbs/03_evaluation.ipynb #740e5e65
+FAITHFULNESS_K = 2   # words deleted per text
+
+def explanation_model(source: str, m):
+    "The model as the demo serves it (variant `auto`), for explanations: `m` itself when it is already that variant."
+    variant = resolve_variant("auto")
+    return m if m.variant == variant else load_model(source, variant=variant)
+
+def faithfulness_report(m, test: pd.DataFrame, rows: int = 100, seed: int = 42) -> dict:
+    "The faithfulness check on a sample of `rows` test texts (`top_k_drop`, `random_drop`, `gap`, `k`, `rows`); `status` off at 0."
+    if rows < 0: raise ValueError(f"faithfulness_rows={rows} must be >= 0 (0 turns the check off)")
+    if not rows: return {"status": "off", "note": "faithfulness_rows is 0"}
+    sample, start = sample_rows(test, rows, seed), time.perf_counter()
+    try: f = faithfulness(m, sample["text"].tolist(), k=FAITHFULNESS_K, method=SERVED_METHOD, seed=seed)
+    except ValueError as e: return {"status": "skipped", "note": str(e), "rows": len(sample)}
+    seconds = time.perf_counter() - start
+    return {"status": "measured", "rows": len(sample), "variant": m.variant, **f, "seconds": round(seconds, 2),
+            "ms_per_row": round(1000 * seconds / len(sample), 1)}
+
 # %% ../nbs/03_evaluation.ipynb #7259cefc
 def evaluate_model(source: str, splits: dict[str, pd.DataFrame], meta: dict, p: EvaluationParams = EvaluationParams()) -> dict:
-    "Score the test (and validation) split with the model and the baselines; return the report and the arrays behind it."
+    "Score the test (and validation) split with the model and the baselines, check the explanations; return the report and the arrays behind it."
     labels, bins = split_labels(meta), p.calibration_bins
     check_baselines(p.baselines)
     if p.eval_batch_size < 1: raise ValueError(f"eval_batch_size={p.eval_batch_size} must be >= 1")
@@ -376,15 +416,18 @@ def evaluate_model(source: str, splits: dict[str, pd.DataFrame], meta: dict, p: 
     metrics["ood_accuracy"], ood = ood_accuracy(m, meta.get("source", {}).get("dataset", ""), p.ood_rows, p.eval_batch_size)
     base_probs, notes = score_baselines(p.baselines, splits["train"], test, labels, p.seed)
     pred = probs.argmax(axis=1)
+    explainer = explanation_model(source, m) if p.faithfulness_rows or p.n_error_examples else m
     report = {"split": "test", "rows": len(test), "validation_rows": len(val), "labels": list(labels),
               "model_dir": str(m.model_dir), "model_run_id": m.run_id, "model_weights_sha256": weights_sha256(m.model_dir),
               "data_hash": meta["hash"], "metrics": metrics,
               "baselines": {n: evaluate_probs(y, bp, labels, bins) for n, bp in base_probs.items()},
               "baseline_notes": notes, "calibration": calibration, "ood": ood,
+              "faithfulness": faithfulness_report(explainer, test, p.faithfulness_rows, p.seed),
               "confusion_matrix": confusion_tables(y, pred, labels)[0].values.tolist(),
               "classification_report": skm.classification_report(y, pred, labels=list(range(len(labels))),
                                                                   target_names=list(labels), output_dict=True, zero_division=0)}
-    return {"report": report, "test": test, "y": y, "probs": probs, "scaled": scaled, "baseline_probs": base_probs}
+    return {"report": report, "test": test, "y": y, "probs": probs, "scaled": scaled, "baseline_probs": base_probs,
+            "explainer": explainer}
 
 # %% ../nbs/03_evaluation.ipynb #61675fb7
 CALIBRATION_METRICS = ("ece", "ece_temperature_scaled", "log_loss", "log_loss_temperature_scaled", "temperature")

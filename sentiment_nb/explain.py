@@ -16,7 +16,8 @@ log = logging.getLogger("sentiment_nb.explain")
 # %% auto #0
 __all__ = ['log', 'EXPLAIN_METHODS', 'SERVED_METHOD', 'target_index', 'check_texts', 'encode_for_explain', 'baseline_ids',
            'merge_word_pieces', 'normalised', 'torch_model_of', 'ig_token_scores', 'ig_batch', 'check_targets',
-           'words_of', 'without_words', 'occlusion_batch', 'explain_batch', 'explain', 'content_words', 'faithfulness']
+           'words_of', 'without_words', 'occlusion_batch', 'explain_batch', 'explain', 'content_words', 'top_words',
+           'faithfulness']
 
 # %% ../nbs/18_explain.ipynb #c135c103
 EXPLAIN_METHODS = ("ig", "occlusion")
@@ -161,6 +162,11 @@ def explain(m: infer.SentimentModel, text: str, target: str | int | None = None,
 def content_words(words: Sequence[dict]) -> list[dict]:
     "The words with a letter or digit in them (punctuation is never deleted by the faithfulness check)."
     return [w for w in words if any(ch.isalnum() for ch in w["word"])]
+
+def top_words(words: Sequence[dict], n: int = 3) -> str:
+    "The `n` words that pushed most towards the explained class (positive weights only), as `w1, w2, w3`."
+    best = sorted((w for w in content_words(words) if w["weight"] > 0), key=lambda w: -w["weight"])[:n]
+    return ", ".join(w["word"] for w in best)
 
 def faithfulness(m: infer.SentimentModel, texts: Sequence[str], k: int = 2, method: str = SERVED_METHOD, n_steps: int = 32,
                  seed: int = 0, batch_size: int = 8) -> dict:
