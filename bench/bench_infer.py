@@ -49,8 +49,10 @@ def latency_ms(fn, texts) -> dict:
 
 
 def pipeline_worker(model_dir: Path, texts, labels, lat_texts, repeats: int) -> dict:
-    "The baseline: a default text-classification pipeline, one text after the other."
+    "The baseline: a default text-classification pipeline, one text after the other (a mean-pooling model through its registered class)."
     from transformers import pipeline
+    from sentiment_nb.infer import register_model_dir
+    register_model_dir(model_dir)                                      # plain transformers cannot build a mean-pooling head
     pipe = pipeline("text-classification", model=str(model_dir))
     label2id = pipe.model.config.label2id
     pipe(texts[:16])

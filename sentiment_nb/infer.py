@@ -15,10 +15,12 @@ from .core import progress, read_json, resolve_path, sha256_file, write_json
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'MODEL_INPUT_NAMES', 'FUSABLE_MODEL_TYPES', 'PROBE_TEXTS', 'EXPORT_RECIPE',
-           'ONNX_FILES', 'LONG_TEXT_MODES', 'parse_s3_source', 'completed_run', 'newest_model_dir', 'resolve_model_dir',
-           'safetensors_problem', 'check_model_files', 'cpuinfo_field', 'cpu_has', 'machine_description',
-           'resolve_variant', 'window_overlap', 'load_text_encoder', 'pad_batch', 'length_sorted_batches', 'softmax',
+__all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'POOLINGS', 'MEAN_POOLING_SUFFIX', 'MEAN_POOLING_MODEL_TYPES', 'MODEL_INPUT_NAMES',
+           'FUSABLE_MODEL_TYPES', 'PROBE_TEXTS', 'EXPORT_RECIPE', 'ONNX_FILES', 'LONG_TEXT_MODES', 'parse_s3_source',
+           'completed_run', 'newest_model_dir', 'resolve_model_dir', 'safetensors_problem', 'check_model_files',
+           'cpuinfo_field', 'cpu_has', 'machine_description', 'resolve_variant', 'window_overlap', 'load_text_encoder',
+           'pad_batch', 'length_sorted_batches', 'softmax', 'model_pooling', 'encoder_model_type', 'masked_mean',
+           'mean_pooling_classes', 'register_mean_pooling', 'pooled_config', 'register_model_dir',
            'load_torch_classifier', 'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session', 'probe_inputs',
            'max_logit_gap', 'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export', 'export_onnx',
            'quantize_onnx', 'weights_sha256', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path',
@@ -163,20 +165,107 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, np.float32); z = np.exp(z - z.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)
 
+# %% ../nbs/11_infer.ipynb #3ff6a3b5
+POOLINGS = ("cls", "mean")
+MEAN_POOLING_SUFFIX = "-mean-pooling"
+MEAN_POOLING_MODEL_TYPES = ("bert", "mpnet", "roberta", "xlm-roberta", "distilbert", "electra")
+
+def model_pooling(config) -> str:
+    "How a classifier's head reads the encoder: `mean` where its config (object or dict) says so, else `cls` (older folders)."
+    value = config.get("pooling") if isinstance(config, dict) else getattr(config, "pooling", None)
+    return "mean" if value == "mean" else "cls"
+
+def encoder_model_type(model_type: str | None) -> str:
+    "The encoder's own model type of a (mean-pooling) model type: `bert-mean-pooling` -> `bert`."
+    return str(model_type or "").removesuffix(MEAN_POOLING_SUFFIX)
+
+def masked_mean(hidden, attention_mask):
+    "Each row's mean hidden state over its real tokens (attention mask 1): what a mean-pooling head reads."
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+@lru_cache(maxsize=None)
+def mean_pooling_classes(model_type: str) -> tuple[type, type]:
+    "The config and model classes of a mean-pooling classifier on the encoder of `model_type`, registered with transformers' Auto classes."
+    import inspect, torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+    from transformers.modeling_outputs import SequenceClassifierOutput
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+    base = encoder_model_type(model_type)
+    try: base_config = CONFIG_MAPPING[base]; encoder_cls = MODEL_MAPPING[base_config]
+    except KeyError: raise ValueError(f"pooling='mean' needs a transformers encoder: '{base}' is no model type transformers knows") from None
+    pretrained = next(c for c in encoder_cls.__mro__[1:] if issubclass(c, PreTrainedModel) and c is not PreTrainedModel)
+    name = base_config.__name__.removesuffix("Config")
+    config_cls = type(f"{name}MeanPoolingConfig", (base_config,), {"model_type": base + MEAN_POOLING_SUFFIX, "__module__": __name__})
+    takes_pooler = "add_pooling_layer" in inspect.signature(encoder_cls.__init__).parameters
+    takes_types = "token_type_ids" in inspect.signature(encoder_cls.forward).parameters
+
+    def __init__(self, config):
+        pretrained.__init__(self, config)
+        config.pooling, self.num_labels = "mean", config.num_labels
+        setattr(self, self.base_model_prefix, encoder_cls(config, **({"add_pooling_layer": False} if takes_pooler else {})))
+        rate = next((getattr(config, a) for a in ("classifier_dropout", "hidden_dropout_prob", "seq_classif_dropout", "dropout")
+                     if isinstance(getattr(config, a, None), (int, float))), 0.1)
+        self.dropout, self.classifier = torch.nn.Dropout(rate), torch.nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+        "Logits of the head over the masked mean of the last hidden states (and the cross-entropy with `labels`)."
+        if token_type_ids is not None and takes_types: kwargs["token_type_ids"] = token_type_ids
+        out = self.base_model(input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        h = out.last_hidden_state
+        mask = attention_mask if attention_mask is not None else torch.ones(h.shape[:2], dtype=h.dtype, device=h.device)
+        logits = self.classifier(self.dropout(masked_mean(h, mask)))
+        loss = None if labels is None else torch.nn.functional.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    model_cls = type(f"{name}MeanPoolingForSequenceClassification", (pretrained,),
+                     {"config_class": config_cls, "__init__": __init__, "forward": forward, "__module__": __name__,
+                      "_keys_to_ignore_on_load_unexpected": [r"pooler"], "__doc__": f"{name} encoder, masked mean of its last hidden states, dropout, linear head."})
+    AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+    AutoModelForSequenceClassification.register(config_cls, model_cls, exist_ok=True)
+    return config_cls, model_cls
+
+def register_mean_pooling(model_types=MEAN_POOLING_MODEL_TYPES) -> None:
+    "Make transformers' Auto classes (and `pipeline()`) load mean-pooling folders of these encoder types."
+    for t in model_types: mean_pooling_classes(t)
+
+def pooled_config(config, pooling: str = "cls"):
+    "The config with the head `pooling` asks for: a mean-pooling config for `mean`, the encoder's own for `cls` (labels, dropout kept)."
+    if pooling not in POOLINGS: raise ValueError(f"pooling='{pooling}' must be one of {list(POOLINGS)}")
+    if model_pooling(config) == pooling and (pooling == "cls" or config.model_type.endswith(MEAN_POOLING_SUFFIX)): return config
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    d = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "pooling", "architectures")}
+    base = encoder_model_type(config.model_type)
+    if pooling == "cls": return CONFIG_MAPPING[base].from_dict(d)
+    return mean_pooling_classes(base)[0].from_dict({**d, "pooling": "mean"})
+
+def register_model_dir(model_dir: str | Path) -> dict:
+    "The `config.json` of a model folder, with its mean-pooling classes registered first where it is a mean-pooling model."
+    config = read_json(Path(model_dir) / "config.json")
+    if str(config.get("model_type", "")).endswith(MEAN_POOLING_SUFFIX): mean_pooling_classes(config["model_type"])
+    elif model_pooling(config) == "mean":
+        raise ValueError(f"model folder {model_dir}: config.json says pooling 'mean' but its model_type "
+                         f"'{config.get('model_type')}' is no mean-pooling type (expected '<encoder>{MEAN_POOLING_SUFFIX}')")
+    return config
+
+
 # %% ../nbs/11_infer.ipynb #24b71571
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 def load_torch_classifier(model_dir: str | Path, attn_implementation: str | None = None):
-    "The sequence-classification model of a folder, in eval mode."
+    "The sequence-classification model of a folder (mean-pooling where its config says so), in eval mode."
     from transformers import AutoModelForSequenceClassification
+    register_model_dir(model_dir)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False,
                                                               **kw).eval()
 
 def torch_input_names(model) -> list[str]:
-    "The model inputs, of `input_ids`/`attention_mask`/`token_type_ids`, that its `forward` takes."
+    "The model inputs, of `input_ids`/`attention_mask`/`token_type_ids`, that its encoder's `forward` takes."
     import inspect
-    params = inspect.signature(model.forward).parameters
+    params = inspect.signature(getattr(model, "base_model", model).forward).parameters
     return [n for n in MODEL_INPUT_NAMES if n in params]
 
 def torch_runner(model, variant: str = "fp32") -> tuple[Any, Callable[[dict], np.ndarray]]:
@@ -241,8 +330,9 @@ def cls_only_forward(layer, hidden_states, attention_mask=None, *args, **kwargs)
     return layer.output(layer.intermediate(att), att)
 
 def use_cls_only_last_layer(model) -> bool:
-    "Make the last encoder layer of a BERT-style classifier compute only its `[CLS]` row, in place; False if it has no such layer."
+    "Make the last encoder layer of a BERT-style `[CLS]` classifier compute only its `[CLS]` row, in place; False if it has no such layer or pools the mean."
     import types
+    if model_pooling(getattr(model, "config", None)) == "mean": return False   # the mean reads every row
     layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
     last = layers[-1] if layers is not None and len(layers) else None
     if not all(hasattr(getattr(last, "attention", None), a) for a in ("self", "output")): return False
@@ -288,7 +378,7 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, opset: int = 17, to
         info.update(cls_only_last_layer=False, max_logit_gap=max_logit_gap(torch_export(model, trace, raw, opset), probe, expected))
     if info["max_logit_gap"] > tolerance:
         raw.unlink(); raise RuntimeError(f"ONNX export of {model_dir} differs from PyTorch by {info['max_logit_gap']:.2g}")
-    if config.get("model_type") in FUSABLE_MODEL_TYPES:
+    if encoder_model_type(config.get("model_type")) in FUSABLE_MODEL_TYPES:
         try:
             fused = fuse_onnx(raw, out_path, config)
             gap = max_logit_gap(out_path, probe, expected)
@@ -502,15 +592,16 @@ def predict_proba_chunked(m: SentimentModel, texts: Sequence[str], batch_size: i
 
 # %% ../nbs/11_infer.ipynb #343773fc
 def untrained_model_dir(dest: str | Path, labels: Sequence[str] = ("negative", "positive"), head_std: float = 0.0,
-                        seed: int = 0) -> Path:
-    "The embedded encoder with an untrained head for `labels`, saved as a trained model is: a real model folder in seconds."
+                        seed: int = 0, pooling: str = "cls") -> Path:
+    "The embedded encoder with an untrained `pooling` (`cls`/`mean`) head for `labels`, saved as a trained model is: a real model folder in seconds."
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from sentiment_nb.core import embedded_model_path
     torch.manual_seed(seed)
     AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(dest)
-    m = AutoModelForSequenceClassification.from_pretrained(embedded_model_path(), num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    config = pooled_config(AutoConfig.from_pretrained(embedded_model_path(), num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}), pooling)
+    m = AutoModelForSequenceClassification.from_pretrained(embedded_model_path(), config=config)
     if head_std:   # logits of a few units, as a trained head gives, instead of near-zero ones
         with torch.no_grad(): m.classifier.weight.normal_(0, head_std)
     m.save_pretrained(dest)

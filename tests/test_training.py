@@ -3,6 +3,7 @@ resume after SIGKILL mid-epoch, and a 2-process torchrun (gloo) run."""
 import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import BIN, ROOT
@@ -50,6 +51,29 @@ def test_trains_saves_safetensors_and_reloads(splits_dir, tmp_path):
     out = predict(m, ["a wonderful, moving film", "dull and far too long"])
     assert [o["label"] in m.labels for o in out] == [True, True]
     assert all(abs(sum(o["scores"].values()) - 1) < 1e-5 for o in out)
+
+
+def test_cli_trains_a_mean_pooling_model_that_predict_reads(splits_dir, tmp_path):
+    "`sentiment-nb train -p pooling mean` saves a mean-pooling model; `sentiment-nb predict` scores with it as the library does."
+    from sentiment_nb.infer import load_model, predict_proba
+    run_dir, texts = tmp_path / "mean", ["a wonderful, moving film", "dull and far too long"]
+    proc = subprocess.run(train_cmd("processed_dir", splits_dir, "run_dir", run_dir, "pooling", "mean", "max_train_rows", 32,
+                                    "max_validation_rows", 16, "batch_size", 16, "max_input_length", 64, "num_threads", 2),
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model_dir = run_dir / "model"
+    config, summary = (json.loads((model_dir / f).read_text()) for f in ("config.json", "training_summary.json"))
+    assert (config["pooling"], config["model_type"]) == ("mean", "bert-mean-pooling")
+    assert (summary["pooling"], summary["cls_only_last_layer"]) == ("mean", False)   # the mean reads every row
+    m = load_model(model_dir)
+    assert type(m.model).__name__ == "BertMeanPoolingForSequenceClassification"
+    want = predict_proba(m, texts)
+    for variant, tol in (("fp32", 1e-5), ("onnx", 1e-4)):
+        out = subprocess.run([str(BIN / "sentiment-nb"), "predict", *texts, "--model", str(model_dir), "--variant", variant,
+                              "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        got = [[r["scores"]["negative"], r["scores"]["positive"]] for r in map(json.loads, out.stdout.splitlines())]
+        assert abs(np.array(got) - want).max() < tol, (variant, got, want)
 
 
 def test_same_seed_same_metrics(splits_dir, tmp_path):
@@ -150,7 +174,7 @@ def test_distillation_from_a_teacher_trains_on_gold_and_transfer_rows(splits_dir
     from sentiment_nb.infer import load_model
     from sentiment_nb.train import train_classifier
     monkeypatch.setenv("SENTIMENT_NB_CACHE", str(tmp_path / "cache"))
-    train_classifier(tiny_params(splits_dir, tmp_path / "teacher", max_train_rows=32))
+    train_classifier(tiny_params(splits_dir, tmp_path / "teacher", max_train_rows=32, pooling="cls"))   # a [CLS] teacher
     teacher = tmp_path / "teacher" / "model"
     summary, history = train_classifier(tiny_params(splits_dir, tmp_path / "student", teacher_model=str(teacher),
                                                     transfer_data=["rt_plot"], max_transfer_rows=40,
@@ -162,7 +186,7 @@ def test_distillation_from_a_teacher_trains_on_gold_and_transfer_rows(splits_dir
     held = {near_duplicate_key(t) for s in ("validation", "test") for t in pd.read_parquet(splits_dir / f"{s}.parquet")["text"]}
     assert held, "no held-out texts read"
     m = load_model(tmp_path / "student" / "model")
-    assert m.labels == ["negative", "positive"]
+    assert m.labels == ["negative", "positive"] and type(m.model).__name__ == "BertMeanPoolingForSequenceClassification"  # a mean student
     again, _ = train_classifier(tiny_params(splits_dir, tmp_path / "student2", teacher_model=str(teacher),
                                             transfer_data=["rt_plot"], max_transfer_rows=40))
     assert again["distillation"]["n_transfer"] == d["n_transfer"]                    # the same fixed sample
