@@ -14,10 +14,10 @@ __all__ = ['SQLITE_MAGIC', 'SERVE_ALIASES', 'PREDICT_WRITERS', 'COMMANDS', 'add_
            'add_params_options', 'add_variant_option', 'add_long_text_option', 'add_run_command', 'run_command',
            'check_writable_file', 'check_log_path', 'model_line', 'add_serve_command', 'serve_command',
            'add_s3_local_command', 's3_local_command', 'given_options_only', 'add_train_command', 'training_mapping',
-           'train_command', 'add_predict_command', 'table_texts', 'stdin_lines', 'predict_inputs', 'utf8_safe',
-           'score_texts', 'truncation_note', 'scored_table', 'printed_rows', 'explained_words', 'write_scored',
-           'predict_command', 'add_feedback_command', 'feedback_export_command', 'build_parser', 'is_user_error',
-           'main']
+           'train_command', 'add_predict_command', 'table_texts', 'stdin_lines', 'file_text_column', 'predict_inputs',
+           'utf8_safe', 'score_texts', 'truncation_note', 'scored_table', 'printed_rows', 'explained_words',
+           'write_scored', 'predict_command', 'add_feedback_command', 'feedback_export_command', 'build_parser',
+           'is_user_error', 'main']
 
 # %% ../nbs/13_cli.ipynb #521385ef
 def add_field_option(parser, cls, name: str, *aliases: str) -> None:
@@ -205,7 +205,7 @@ def add_predict_command(sub) -> None:
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to score; '-' reads one text per line from stdin; "
                    "with --engine ray: the one INPUT (CSV/TSV/JSONL/parquet file, folder, glob or s3://bucket/prefix)")
     p.add_argument("--file", default=None, help="table of texts to score (CSV, TSV, JSONL, JSON, parquet, xlsx)")
-    p.add_argument("--column", default="text", help="the column of --file that holds the texts")
+    p.add_argument("--column", default="", help="the column of --file that holds the texts (default: picked as the Batch tab does: a text-like name such as text/review, else the longest texts, never numbers; --engine ray: text)")
     p.add_argument("--out", default=None, help=f"write the scored rows here ({', '.join(PREDICT_WRITERS)})")
     p.add_argument("--model", default=None, help="model folder, run id or s3://bucket/prefix[#run-id] "
                                                   "(default: the newest run's model under --reports-dir)")
@@ -237,6 +237,15 @@ def stdin_lines(stdin=None) -> list[str]:
     stream = stdin or io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
     return [l.rstrip("\r\n") for l in stream]
 
+def file_text_column(table, name: str) -> str:
+    "The column of a --file table to score, picked as the demo's Batch tab picks it (said on stderr); numbers-only files are refused."
+    from sentiment_nb.app import pick_text_column
+    column = pick_text_column(table)
+    if column is None: raise ValueError(f"no column of {name} holds text (its columns {list(table.columns)} hold only numbers or "
+                                        "nothing): name the column to score with --column")
+    print(f"scoring column '{column}' of {name} (choose another with --column)", file=sys.stderr)
+    return column
+
 def predict_inputs(args, stdin=None):
     "The texts to score and the table they come from (None for arguments and stdin), checked before loading a model."
     if args.out and Path(args.out).suffix.lower() not in PREDICT_WRITERS:
@@ -247,9 +256,10 @@ def predict_inputs(args, stdin=None):
         from sentiment_nb.data import read_table
         if "://" not in args.file and not Path(args.file).exists(): raise FileNotFoundError(f"--file {args.file} does not exist")
         table = read_table(args.file)
-        if args.column not in table.columns:
-            raise ValueError(f"column '{args.column}' not in {args.file}; its columns are {list(table.columns)} (pick one with --column)")
-        return table_texts(table, args.column), table
+        column = args.column or file_text_column(table, args.file)
+        if column not in table.columns:
+            raise ValueError(f"column '{column}' not in {args.file}; its columns are {list(table.columns)} (pick one with --column)")
+        return table_texts(table, column), table
     if args.texts == ["-"]: return stdin_lines(stdin), None
     if not args.texts: raise ValueError("nothing to score: give TEXT arguments, '-' to read stdin, or --file")
     return list(args.texts), None

@@ -435,7 +435,7 @@ def ray_job_from_args(args) -> ScoringJob:
     for name in ("num_actors", "threads_per_actor", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected a positive number")
-    return ScoringJob(inputs[0], args.out, args.column, args.variant, args.batch_size, args.long_text, args.num_actors,
+    return ScoringJob(inputs[0], args.out, args.column or "text", args.variant, args.batch_size, args.long_text, args.num_actors,
                       args.threads_per_actor, args.block_rows, args.address)
 
 def predict_ray(args) -> int:

@@ -71,6 +71,20 @@ def test_file_scored_in_batches_keeps_its_columns(untrained_model, tmp_path):
     assert f"model: run untrained at {untrained_model} (onnx)" in proc.stderr
 
 
+def test_file_without_column_scores_the_text_column_not_the_ids(untrained_model, tmp_path):
+    "Issue 17: a CSV `id,review` scored its ids when the first column won; now the column is picked as the Batch tab picks it."
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    pd.DataFrame({"id": [11, 12, 13], "review": ["a wonderful, moving film", "dull", "fine"]}).to_csv(src, index=False)
+    proc = run_cli("predict", "--file", src, "--out", out, "--model", untrained_model, "--variant", "fp32", timeout=300, check=True)
+    assert f"scoring column 'review' of {src}" in proc.stderr
+    from sentiment_nb.infer import load_model, predict_proba
+    probs = predict_proba(load_model(untrained_model, variant="fp32"), ["a wonderful, moving film", "dull", "fine"])
+    np.testing.assert_allclose(pd.read_csv(out)[["p_negative", "p_positive"]].to_numpy(), probs, atol=1e-4)
+    pd.DataFrame({"id": [1, 2], "score": [0.5, 3]}).to_csv(src, index=False)
+    proc = run_cli("predict", "--file", src, "--model", untrained_model, timeout=300)
+    assert proc.returncode == 2 and "no column of" in proc.stderr and "--column" in proc.stderr, proc.stderr
+
+
 def test_newest_run_is_the_default_model(untrained_model, tmp_path):
     reports = tmp_path / "reports"
     shutil.copytree(untrained_model, reports / "20261201-000000-beef" / "model")
