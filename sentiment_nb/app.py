@@ -2,7 +2,7 @@
 
 # %% ../nbs/16_app.ipynb #00274535
 from __future__ import annotations
-import asyncio, base64, binascii, concurrent.futures as cf, gc, hashlib, io, json, logging, os, queue, secrets
+import asyncio, base64, binascii, concurrent.futures as cf, gc, hashlib, io, itertools, json, logging, os, queue, secrets
 import socket, sqlite3, stat, tempfile, threading, time, uuid
 from collections import Counter
 from contextlib import closing
@@ -11,12 +11,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import orjson
 import pandas as pd
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastcore.basics import patch_to
 
-from . import infer
+from . import drift, explain, infer
 from .core import csv_safe, read_json, resolve_path, use_offline_hub
 from .pipeline import StageParams, param
 
@@ -24,16 +25,20 @@ log = logging.getLogger("sentiment_nb.app")
 
 # %% auto #0
 __all__ = ['log', 'LOG_SCHEMA', 'LOG_COLUMNS', 'NOT_UPLOADED', 'TEXT_COLUMN_NAMES', 'EXAMPLES', 'GENERIC_EXAMPLES',
-           'MOVIE_DATASETS', 'ENGLISH_MODELS', 'CARD_PARAMS', 'LOG_VIEW_COLUMNS', 'FILE_ROUTES', 'DemoParams',
-           'served_model', 'InputError', 'clean_text', 'texts_from_payload', 'open_log_db', 'PredictionLog',
-           'text_hash', 'prediction_rows', 'run_id_of', 'ModelSlot', 'score_and_log', 'read_uploaded',
-           'read_upload_csv', 'is_numeric_column', 'pick_text_column', 'column_to_score', 'texts_of_column',
-           'write_scored_csv', 'batch_summary', 'metrics_table', 'evaluation_artifacts', 'basic_auth_from_env',
-           'basic_auth_ok', 'dataset_of', 'demo_texts', 'demo_texts_of', 'model_card', 'model_tab_values', 'log_view',
-           'predict_note', 'clear_result', 'classify_text', 'predict_tab', 'batch_scorer', 'batch_tab', 'model_tab',
-           'log_tab', 'build_blocks', 'read_body', 'parse_json_body', 'build_api', 'servable_file', 'UploadsOnly',
-           'Demo', 'free_port', 'share_link', 'RunningDemo', 'check_port', 'start_demo', 'wait_until_ready',
-           'check_demo', 'run_demo', 'serve_demo']
+           'MOVIE_DATASETS', 'ENGLISH_MODELS', 'CARD_PARAMS', 'LOG_VIEW_COLUMNS', 'EXPLAIN_POOL',
+           'MONITOR_REFERENCE_ROWS', 'NO_FEEDBACK', 'FILE_ROUTES', 'DemoParams', 'served_model', 'InputError',
+           'clean_text', 'texts_from_payload', 'new_future', 'settle', 'open_log_db', 'PredictionLog', 'text_hash',
+           'prediction_rows', 'run_id_of', 'ModelSlot', 'score_and_log', 'read_uploaded', 'read_upload_csv',
+           'is_numeric_column', 'pick_text_column', 'column_to_score', 'texts_of_column', 'write_scored_csv',
+           'batch_summary', 'metrics_table', 'evaluation_artifacts', 'basic_auth_from_env', 'basic_auth_ok',
+           'dataset_of', 'demo_texts', 'demo_texts_of', 'model_card', 'model_tab_values', 'log_view',
+           'with_corrections', 'explain_flag', 'loaded_model', 'explain_words', 'highlighted', 'feedback_request',
+           'submit_feedback', 'feedback_endpoint', 'demo_reference', 'monitor_table', 'monitor_values', 'predict_note',
+           'clear_result', 'classify_text', 'correction_choices', 'highlight_words', 'send_correction', 'predict_tab',
+           'batch_scorer', 'batch_tab', 'model_tab', 'log_tab', 'monitor_tab', 'build_blocks', 'read_body',
+           'parse_json_body', 'json_response', 'build_api', 'servable_file', 'UploadsOnly', 'Demo', 'free_port',
+           'share_link', 'RunningDemo', 'check_port', 'start_demo', 'wait_until_ready', 'check_demo', 'run_demo',
+           'serve_demo']
 
 # %% ../nbs/16_app.ipynb #bfc86fb4
 @dataclass
@@ -104,6 +109,29 @@ def texts_from_payload(payload: Any, max_texts: int, max_chars: int) -> tuple[li
     pairs = [clean_text(t, max_chars, f"texts[{i}]") for i, t in enumerate(items)]
     return [t for t, _ in pairs], [c for _, c in pairs], True
 
+# %% ../nbs/16_app.ipynb #511c1b0d
+def new_future(loop: asyncio.AbstractEventLoop | None = None) -> cf.Future | asyncio.Future:
+    "An asyncio future of `loop` (for a coroutine to await), else a concurrent one (for a thread to wait on)."
+    return loop.create_future() if loop is not None else cf.Future()
+
+def settle(outcomes: Sequence[tuple[Any, Any, BaseException | None]]) -> None:
+    "Resolve (future, result, error) triples from a worker thread; asyncio futures with one hand-off per loop."
+    by_loop: dict = {}
+    for fut, result, error in outcomes:
+        if isinstance(fut, asyncio.Future): by_loop.setdefault(fut.get_loop(), []).append((fut, result, error))
+        elif error is not None: fut.set_exception(error)
+        else: fut.set_result(result)
+    for loop, items in by_loop.items():
+        try: loop.call_soon_threadsafe(_settle_on_loop, items)
+        except RuntimeError: log.warning("%d results for a closed event loop dropped", len(items))  # nobody awaits them
+
+def _settle_on_loop(items: list) -> None:
+    "Resolve asyncio futures on their own loop; a cancelled one (its client went away) is skipped."
+    for fut, result, error in items:
+        if fut.done(): continue
+        if error is not None: fut.set_exception(error)
+        else: fut.set_result(result)
+
 # %% ../nbs/16_app.ipynb #6f11dab0
 LOG_SCHEMA = """CREATE TABLE IF NOT EXISTS predictions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, time TEXT NOT NULL, source TEXT NOT NULL,
@@ -130,10 +158,10 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._writer, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def submit(self, rows: list[dict]) -> cf.Future:
-        "Queue rows for the next commit; the future resolves to the row count once they are committed."
+    def submit(self, rows: list[dict], loop: asyncio.AbstractEventLoop | None = None) -> cf.Future | asyncio.Future:
+        "Queue rows for the next commit; the future (of `loop` when given) resolves to the row count once committed."
         if not self._thread.is_alive(): raise RuntimeError(f"the prediction log {self.path} is closed")
-        fut: cf.Future = cf.Future(); self._queue.put((rows, fut)); return fut
+        fut = new_future(loop); self._queue.put((rows, fut)); return fut
 
     def write(self, rows: list[dict], timeout: float = 60) -> int:
         "Commit rows and return their count."
@@ -165,12 +193,19 @@ def _writer(self) -> None:
             except queue.Empty: break
         stop = any(item is None for item in batch)
         batch = [item for item in batch if item is not None]
-        try:
-            with con: con.executemany(insert, [self._values(r) for rows, _ in batch for r in rows])
-            for rows, fut in batch: fut.set_result(len(rows))
-        except Exception as e:  # every waiting caller hears about it; nothing is acknowledged
-            for _, fut in batch: fut.set_exception(e)
+        self._commit(con, insert, batch)
     con.close()
+
+@patch_to(PredictionLog)
+def _commit(self, con: sqlite3.Connection, insert: str, batch: list) -> None:
+    "Commit a round in one transaction; when its rows are refused, each caller's alone, so only the bad one fails."
+    try:
+        with con: con.executemany(insert, [self._values(r) for rows, _ in batch for r in rows])
+    except Exception as e:  # nothing of the round is acknowledged
+        if len(batch) > 1 and not isinstance(e, sqlite3.OperationalError):    # not a lock or disk error: a bad row
+            for item in batch: self._commit(con, insert, [item])
+        else: settle([(fut, None, e) for _, fut in batch])
+    else: settle([(fut, len(rows), None) for rows, fut in batch])
 
 @patch_to(PredictionLog)
 def _values(self, row: dict) -> tuple:
@@ -217,10 +252,10 @@ class ModelSlot:
         self._thread.start()
         if self.idle_s > 0: threading.Thread(target=self._watch_idle, name="model-idle", daemon=True).start()
 
-    def score(self, texts: Sequence[str]) -> cf.Future:
-        "Queue texts; the future resolves to (predictions, model milliseconds)."
+    def score(self, texts: Sequence[str], loop: asyncio.AbstractEventLoop | None = None) -> cf.Future | asyncio.Future:
+        "Queue texts; the future (of `loop` when given) resolves to (predictions, model milliseconds)."
         if self._closed.is_set(): raise RuntimeError("the model slot is closed")
-        fut: cf.Future = cf.Future(); self._queue.put((list(texts), fut)); return fut
+        fut = new_future(loop); self._queue.put((list(texts), fut)); return fut
 
     def load(self) -> cf.Future:
         "Start loading the model (if it is not loaded) without scoring anything."
@@ -294,13 +329,13 @@ def _score_jobs(self, jobs: list) -> None:
         preds, ms = self._predict([t for ts, _ in jobs for t in ts])
     except Exception as e:
         if self.model is None or len(jobs) == 1:
-            for _, fut in jobs: fut.set_exception(e)
+            settle([(fut, None, e) for _, fut in jobs])
         else:                                   # one job broke the shared pass: each alone, so only it fails
             log.warning("a batch of %d jobs failed (%s: %s); scoring them one by one", len(jobs), type(e).__name__, e)
             for job in jobs: self._score_jobs([job])
         return
-    i = 0
-    for ts, fut in jobs: fut.set_result((preds[i:i + len(ts)], ms)); i += len(ts)
+    ends = list(itertools.accumulate(len(ts) for ts, _ in jobs))
+    settle([(fut, (preds[end - len(ts):end], ms), None) for (ts, fut), end in zip(jobs, ends)])
 
 # %% ../nbs/16_app.ipynb #69de3455
 @patch_to(ModelSlot)
@@ -320,11 +355,11 @@ def _unload_if_idle(self) -> None:
 async def score_and_log(slot: ModelSlot, plog: PredictionLog, texts: Sequence[str], truncated: Sequence[bool],
                         source: str) -> tuple[list[dict], float]:
     "Predictions (with request ids) once committed to the log, and the model ms; `truncated`: characters or tokens were cut."
-    t0 = time.perf_counter()
-    preds, model_ms = await asyncio.wrap_future(slot.score(texts))
+    t0, loop = time.perf_counter(), asyncio.get_running_loop()
+    preds, model_ms = await slot.score(texts, loop)
     cut = [bool(c) or p["tokens_truncated"] for p, c in zip(preds, truncated)]
     rows = prediction_rows(texts, preds, cut, source, slot.run_id, (time.perf_counter() - t0) * 1000)
-    await asyncio.wrap_future(plog.submit(rows))
+    await plog.submit(rows, loop)
     return [{**p, "truncated": c, "chars_truncated": bool(ch), "request_id": r["request_id"]}
             for p, c, ch, r in zip(preds, cut, truncated, rows)], model_ms
 
@@ -538,7 +573,7 @@ def model_tab_values(slot: ModelSlot, params: DemoParams):
     return card, gr.Dataframe(value=table, visible=not table.empty), gr.Gallery(value=figures, visible=bool(figures))
 
 # %% ../nbs/16_app.ipynb #e13f3a9d
-LOG_VIEW_COLUMNS = ("time", "label", "confidence", "truncated", "text", "source", "run_id", "latency_ms")
+LOG_VIEW_COLUMNS = ("time", "label", "confidence", "correction", "truncated", "text", "source", "run_id", "latency_ms")
 
 def log_view(df: pd.DataFrame, text_chars: int = 160) -> pd.DataFrame:
     "The Log tab's table: label and confidence first, times to the second, texts cut to `text_chars` at a word."
@@ -551,6 +586,112 @@ def log_view(df: pd.DataFrame, text_chars: int = 160) -> pd.DataFrame:
     if "truncated" in df: df["truncated"] = df["truncated"].astype(bool)
     return df[[c for c in LOG_VIEW_COLUMNS if c in df.columns]]
 
+# %% ../nbs/16_app.ipynb #d961c467
+def with_corrections(df: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
+    "The log rows with a `correction` column: the latest class a user gave each request (empty where none)."
+    latest = feedback.sort_values("id").groupby("request_id")["label"].last() if len(feedback) else pd.Series(dtype=str)
+    return df.assign(correction=df["request_id"].map(latest).fillna(""))
+
+# %% ../nbs/16_app.ipynb #2169d31f
+EXPLAIN_POOL = cf.ThreadPoolExecutor(2, thread_name_prefix="explain")   # explanations run here, never in the scoring thread
+
+def explain_flag(payload: dict) -> bool:
+    "The body's `explain` (false when absent); an InputError when it is not true or false."
+    flag = payload.get("explain", False)
+    if not isinstance(flag, bool): raise InputError(f'"explain" must be true or false, got {json.dumps(flag)[:40]}')
+    return flag
+
+async def loaded_model(slot: ModelSlot) -> infer.SentimentModel:
+    "The slot's model, loaded (through its scoring thread) when it is not."
+    m = slot.model
+    if m is None: await asyncio.wrap_future(slot.load()); m = slot.model
+    if m is None: raise RuntimeError(f"the model could not be loaded: {slot.error}")
+    return m
+
+async def explain_words(slot: ModelSlot, texts: Sequence[str], labels: Sequence[str]) -> list[list[dict]]:
+    "Per text, its words `[{word, start, end, weight}]` for its label, computed in `EXPLAIN_POOL`."
+    m = await loaded_model(slot)
+    return await asyncio.get_running_loop().run_in_executor(EXPLAIN_POOL, explain.explain_batch, m, list(texts), list(labels))
+
+def highlighted(text: str, words: Sequence[dict]) -> list[tuple[str, float | None]]:
+    "`HighlightedText` segments of a text: each word with its weight scaled to [-1, 1], the gaps between words unweighted."
+    top = max((abs(w["weight"]) for w in words), default=0) or 1.0
+    out, pos = [], 0
+    for w in sorted(words, key=lambda w: w["start"]):
+        if w["start"] > pos: out.append((text[pos:w["start"]], None))
+        out.append((text[w["start"]:w["end"]], round(w["weight"] / top, 3))); pos = w["end"]
+    if pos < len(text): out.append((text[pos:], None))
+    return out
+
+# %% ../nbs/16_app.ipynb #59807ccc
+def feedback_request(payload: Any) -> tuple[str, str]:
+    "(request_id, label) of a `POST /feedback` body; an InputError naming what is wrong with any other body."
+    if not isinstance(payload, dict) or set(payload) != {"request_id", "label"}:
+        got = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise InputError(f'the body must be a JSON object with exactly "request_id" and "label" (strings), got {got}')
+    for key in ("request_id", "label"):
+        if not isinstance(payload[key], str): raise InputError(f'"{key}" must be a string, got {type(payload[key]).__name__}')
+    return payload["request_id"], payload["label"]
+
+async def submit_feedback(slot: ModelSlot, plog: PredictionLog, request_id: str, label: str) -> dict:
+    "Store a correction of a logged prediction (`drift.record_feedback`); returns once it is committed."
+    classes = list((await loaded_model(slot)).labels)
+    return await asyncio.to_thread(drift.record_feedback, plog.path, request_id, label, classes)
+
+def feedback_endpoint(slot: ModelSlot, plog: PredictionLog, params: DemoParams, auth: tuple[str, str] | None) -> Callable:
+    "The `POST /feedback` route: 200 with the stored row once committed; 4xx with the reason (unknown id or class, texts not logged)."
+    async def feedback(request: Request):
+        if not basic_auth_ok(request.headers.get("authorization"), auth):
+            return JSONResponse({"error": "basic auth required"}, 401, headers={"WWW-Authenticate": "Basic"})
+        try:
+            request_id, label = feedback_request(parse_json_body(await read_body(request, 64_000)))
+            return json_response(await submit_feedback(slot, plog, request_id, label))
+        except (InputError, drift.FeedbackError) as e: return JSONResponse({"error": str(e)}, e.status)
+    return feedback
+
+# %% ../nbs/16_app.ipynb #709b3fd5
+MONITOR_REFERENCE_ROWS = 400       # test rows scored once per model for the reference confidences
+_REFERENCES: dict = {}
+
+def demo_reference(m: infer.SentimentModel) -> dict:
+    "The drift reference of a served model (cached per model folder and run); a ValueError saying why there is none."
+    processed = (m.info.get("params") or {}).get("processed_dir")
+    if not processed: raise ValueError("its training summary names no processed_dir (the splits it was trained on)")
+    key = (str(m.model_dir), m.run_id, str(resolve_path(processed)))
+    if key not in _REFERENCES:
+        try: _REFERENCES[key] = drift.reference_profile(m, resolve_path(processed), MONITOR_REFERENCE_ROWS)
+        except (OSError, KeyError) as e: raise ValueError(f"the splits it was trained on are not readable at {key[2]}: {e}") from None
+    return _REFERENCES[key]
+
+def _short(v: Any) -> str:
+    "A share dict or a number as the Monitor tab prints it: 'negative 0.58 · positive 0.42', '0.031', '' for None."
+    if isinstance(v, dict): return " · ".join(f"{k} {x:.2f}" for k, x in v.items())
+    return "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+def monitor_table(report: dict) -> pd.DataFrame:
+    "One short row per check: verdict, PSI, its test's p-value, the log's value against the reference's, the note."
+    tests = ("ks_pvalue", "chi2_pvalue", "binomial_pvalue")
+    return pd.DataFrame([{"check": c["check"], "verdict": c["verdict"], "PSI": _short(c.get("psi")),
+                          "p-value": _short(next((c[k] for k in tests if c.get(k) is not None), None)),
+                          "log": _short(c.get("current_share", c.get("current_mean", c.get("rate")))),
+                          "reference": _short(c.get("reference_share", c.get("reference_mean"))),
+                          "note": c.get("note", "")} for c in report["checks"]])
+
+def monitor_values(m: infer.SentimentModel | None, plog: PredictionLog, p: Any = None) -> tuple[str, pd.DataFrame]:
+    "The Monitor tab's verdict line and check table for the log; a note instead below `min_predictions` or without a reference."
+    p = p or drift.MonitoringParams()
+    n = plog.count()
+    if n < p.min_predictions:
+        return f"**not enough predictions yet**: {n} logged, the checks need at least {p.min_predictions}", pd.DataFrame()
+    if m is None: return "the model is not loaded: classify a text first", pd.DataFrame()
+    try: ref = demo_reference(m)
+    except ValueError as e: return f"**no reference to compare with**: {e}", pd.DataFrame()
+    log_df, fb = drift.read_prediction_log(plog.path), drift.read_feedback(plog.path)
+    report = drift.drift_report(log_df, fb, ref, p, plog.path, Path(m.model_dir))
+    table = monitor_table(report)
+    return (f"**overall: {report['verdict']}** · {report['predictions']} predictions, {report['feedback_rows']} corrections · "
+            f"reference: {ref['test_rows']} test rows of data `{str(ref['data_hash'])[:12]}`"), table
+
 # %% ../nbs/16_app.ipynb #86b7fddd
 def predict_note(p: dict, cut: bool, max_chars: int, max_length: Any) -> str:
     "What the Predict tab adds after the timing: the text was cut, only its first tokens were read, or it was read in windows."
@@ -562,9 +703,12 @@ def predict_note(p: dict, cut: bool, max_chars: int, max_length: Any) -> str:
     return note
 
 # %% ../nbs/16_app.ipynb #6c9d7256
+NO_FEEDBACK = ("Corrections need logged texts: this demo runs with `--no-log-texts` (`log_texts` false), so a correction "
+               "could not train anything and is not stored.")
+
 def clear_result():
-    "Empty the Predict tab's answer before each try, so that an error never shows an earlier result."
-    return None, ""
+    "Empty the Predict tab's answer, highlights and correction note before each try, so that an error never shows an earlier result."
+    return None, "", None, ""
 
 def classify_text(slot: ModelSlot, plog: PredictionLog, params: DemoParams) -> Callable:
     "The Predict tab's handler: score one text and log it; a text the user can fix is a Gradio error naming the problem."
@@ -576,25 +720,70 @@ def classify_text(slot: ModelSlot, plog: PredictionLog, params: DemoParams) -> C
         try: (p,), model_ms = await score_and_log(slot, plog, [t], [cut], "ui")
         except Exception as e: raise gr.Error(f"the model could not score the text: {e}") from None
         note = predict_note(p, cut, params.max_text_chars, getattr(slot.model, "max_length", "?"))
+        last = {"request_id": p["request_id"], "text": t, "label": p["label"], "classes": list(p["scores"])}
         return p["scores"], (f"**{p['label']}** ({p['confidence']:.1%}) · model {model_ms:.0f} ms, "
-                             f"total {(time.perf_counter() - t0) * 1000:.0f} ms · run `{slot.run_id}`{note}")
+                             f"total {(time.perf_counter() - t0) * 1000:.0f} ms · run `{slot.run_id}`{note}"), last
     return classify
+
+def correction_choices(last: dict | None):
+    "The correction radio for the last prediction: its model's classes, none chosen."
+    import gradio as gr
+    return gr.Radio(choices=(last or {}).get("classes", []), value=None)
+
+def highlight_words(slot: ModelSlot) -> Callable:
+    "The Predict tab's second step: the words behind the last prediction's label, when 'explain' is ticked."
+    import gradio as gr
+    async def words(last: dict | None, on: bool):
+        if not on or not last: return None
+        try: (ws,) = await explain_words(slot, [last["text"]], [last["label"]])
+        except Exception as e: raise gr.Error(f"the words could not be explained: {type(e).__name__}: {e}") from None
+        return highlighted(last["text"], ws)
+    return words
+
+def send_correction(slot: ModelSlot, plog: PredictionLog) -> Callable:
+    "The Predict tab's correction handler: store the class the user chose for the last prediction."
+    import gradio as gr
+    async def correct(last: dict | None, label: str | None):
+        if not plog.store_texts: raise gr.Error(NO_FEEDBACK)
+        if not last: raise gr.Error("classify a text first, then correct its label")
+        if not label: raise gr.Error("choose the right class first")
+        try: row = await submit_feedback(slot, plog, last["request_id"], label)
+        except drift.FeedbackError as e: raise gr.Error(str(e)) from None
+        return f"correction saved: **{row['label']}** (the model said {row['predicted']}); it shows in the Log tab"
+    return correct
 
 # %% ../nbs/16_app.ipynb #e4f499cb
 def predict_tab(slot: ModelSlot, plog: PredictionLog, params: DemoParams, texts: dict) -> None:
-    "The Predict tab: a text box, the confidence per class and what the answer cost; each try first clears the last answer."
+    "The Predict tab: a text box, the confidence per class, the words behind it (after the label) and a correction; each try first clears the last answer."
     import gradio as gr
     with gr.Tab("Predict"):
         text = gr.Textbox(label=texts["label"], lines=4, placeholder=texts["placeholder"], elem_id="review")
-        submit = gr.Button("Classify", variant="primary", elem_id="classify")
+        with gr.Row():
+            submit = gr.Button("Classify", variant="primary", elem_id="classify", scale=3)
+            explain_on = gr.Checkbox(True, label="highlight the words behind the label (computed after it)",
+                                     elem_id="explain-on", scale=2)
         label = gr.Label(label="confidence per class", elem_id="prediction")
         timing = gr.Markdown(elem_id="timing")
+        words = gr.HighlightedText(label="words for the predicted class: red for it, blue against it",
+                                   elem_id="words", show_inline_category=False)
+        last = gr.State(None)
+        with gr.Accordion("Wrong label? Correct it", open=True):
+            with gr.Row():
+                right = gr.Radio(choices=[], label="the right class", elem_id="right-class",
+                                 interactive=plog.store_texts, scale=3)
+                send = gr.Button("Send correction", elem_id="send-correction", interactive=plog.store_texts, scale=1)
+            feedback_note = gr.Markdown("" if plog.store_texts else NO_FEEDBACK, elem_id="feedback-status")
         gr.Examples(texts["examples"], inputs=text, label=texts["examples_label"])
         classify = classify_text(slot, plog, params)
+        cleared = [label, timing, words, feedback_note] if plog.store_texts else [label, timing, words]
+        clear = clear_result if plog.store_texts else lambda: clear_result()[:3]
         for event, visibility in ((submit.click, "public"), (text.submit, "private")):
-            event(clear_result, None, [label, timing], api_visibility="private", queue=False).then(
-                classify, text, [label, timing], api_name="classify" if visibility == "public" else None,
-                api_visibility=visibility, concurrency_limit=None)
+            scored = event(clear, None, cleared, api_visibility="private", queue=False).then(
+                classify, text, [label, timing, last], api_name="classify" if visibility == "public" else None,
+                api_visibility=visibility, concurrency_limit=None)       # the State is not part of the API's answer
+            scored.success(correction_choices, last, right, api_visibility="private", queue=False)
+            scored.success(highlight_words(slot), [last, explain_on], words, api_visibility="private", concurrency_limit=2)
+        send.click(send_correction(slot, plog), [last, right], feedback_note, api_name="correct", api_visibility="private")
 
 # %% ../nbs/16_app.ipynb #f0dba19a
 def batch_scorer(slot: ModelSlot, plog: PredictionLog, params: DemoParams, out_dir: str | Path,
@@ -659,21 +848,36 @@ def model_tab(slot: ModelSlot, params: DemoParams) -> list:
     return [card, table, figures]
 
 def log_tab(plog: PredictionLog) -> None:
-    "The Log tab: the latest predictions, read when the tab is selected or refreshed."
+    "The Log tab: the latest predictions with the users' corrections, read when the tab is selected or refreshed."
     import gradio as gr
     def latest_log():
-        return log_view(plog.latest(50))
+        return log_view(with_corrections(plog.latest(50), drift.read_feedback(plog.path)))
     with gr.Tab("Log") as tab:
-        table = gr.Dataframe(label="latest predictions", interactive=False, elem_id="log", wrap=True,
-                             column_widths=["11%", "9%", "8%", "7%", "35%", "6%", "16%", "8%"])
+        table = gr.Dataframe(label="latest predictions (correction: the class a user gave)", interactive=False,
+                             elem_id="log", wrap=True,
+                             column_widths=["11%", "9%", "7%", "9%", "6%", "30%", "6%", "14%", "8%"])
         refresh = gr.Button("Refresh")
         tab.select(latest_log, None, table, api_visibility="private")
         refresh.click(latest_log, None, table, api_visibility="private")
 
+def monitor_tab(slot: ModelSlot, plog: PredictionLog) -> None:
+    "The Monitor tab: stage 05's headline checks on this demo's log, with verdicts, computed when asked."
+    import gradio as gr
+    with gr.Tab("Monitor") as tab:
+        gr.Markdown("Drift checks of this demo's prediction log against the model's training and test data "
+                    "(stage 05's checks and default thresholds; `sentiment-nb run --stages 05` writes the full report).")
+        verdict = gr.Markdown(elem_id="monitor-verdict")
+        table = gr.Dataframe(label="checks", interactive=False, elem_id="monitor", wrap=True,
+                             column_widths=["20%", "12%", "7%", "9%", "18%", "18%", "16%"])
+        refresh = gr.Button("Run the checks", elem_id="monitor-refresh")
+        check = lambda: monitor_values(slot.model, plog)
+        tab.select(check, None, [verdict, table], api_visibility="private", concurrency_limit=1)
+        refresh.click(check, None, [verdict, table], api_visibility="private", concurrency_limit=1)
+
 # %% ../nbs/16_app.ipynb #76209a99
 def build_blocks(slot: ModelSlot, plog: PredictionLog, params: DemoParams, out_dir: str | Path,
                  upload_dir: str | Path, texts: dict | None = None):
-    "The Gradio Blocks of the demo: Predict, Batch, Model and Log tabs; only CSVs uploaded into `upload_dir` are read."
+    "The Gradio Blocks of the demo: Predict, Batch, Model, Log and Monitor tabs; only CSVs uploaded into `upload_dir` are read."
     import gradio as gr
     texts = texts or demo_texts(None)
     with gr.Blocks(title="sentiment_nb demo", delete_cache=(3600, 3600)) as demo:
@@ -682,6 +886,7 @@ def build_blocks(slot: ModelSlot, plog: PredictionLog, params: DemoParams, out_d
         batch_tab(slot, plog, params, out_dir, upload_dir, demo)
         model_outputs = model_tab(slot, params)
         log_tab(plog)
+        monitor_tab(slot, plog)
         demo.load(lambda: model_tab_values(slot, params), None, model_outputs, api_visibility="private")
     return demo.queue(default_concurrency_limit=4)
 
@@ -705,9 +910,15 @@ def parse_json_body(body: bytes) -> Any:
         raise InputError(f"the body is not valid UTF-8 JSON: {str(e).split('; use sys.')[0]}", 400) from None
 
 # %% ../nbs/16_app.ipynb #ebf91c20
+def json_response(content: dict, status: int = 200) -> Response:
+    "A JSON response rendered by orjson in one step (no FastAPI encoder pass over a returned dict)."
+    return Response(orjson.dumps(content), status, media_type="application/json")
+
 def build_api(slot: ModelSlot, plog: PredictionLog, params: DemoParams, auth: tuple[str, str] | None = None):
-    "A FastAPI app with `GET /health` and `POST /predict` over the slot and the log."
-    api, started = FastAPI(title="sentiment_nb demo API", docs_url="/api/docs", redoc_url=None), time.time()
+    "A FastAPI app with `GET /health`, `POST /predict` and `POST /feedback` over the slot and the log."
+    api = FastAPI(title="sentiment_nb demo API", docs_url="/api/docs", redoc_url=None,     # no OpenTelemetry: its
+                  telemetry={"tracing": False, "metrics": False, "logs": False})      # per-request checks cost CPU
+    started = time.time()
 
     @api.exception_handler(InputError)
     async def input_error(request, e: InputError):
@@ -721,21 +932,31 @@ def build_api(slot: ModelSlot, plog: PredictionLog, params: DemoParams, auth: tu
         return JSONResponse({"status": "error" if failed else "ok", **h, "uptime_s": round(time.time() - started, 1),
                              "predictions_logged": plog.count()}, 503 if failed else 200)
 
-    @api.post("/predict")
     async def predict(request: Request):
         if not basic_auth_ok(request.headers.get("authorization"), auth):
             return JSONResponse({"error": "basic auth required"}, 401, headers={"WWW-Authenticate": "Basic"})
         body = await read_body(request, int(params.max_body_mb * 1e6))
-        texts, cuts, many = texts_from_payload(parse_json_body(body), params.max_texts_per_request,
-                                               params.max_text_chars)
+        payload = parse_json_body(body)
+        texts, cuts, many = texts_from_payload(payload, params.max_texts_per_request, params.max_text_chars)
+        explain_on = explain_flag(payload)
         t0 = time.perf_counter()
         try: preds, model_ms = await score_and_log(slot, plog, texts, cuts, "api")
         except Exception as e:
             log.exception("scoring failed")
             return JSONResponse({**slot.health(), "error": f"the model could not score: {type(e).__name__}: {e}"}, 503)
+        if explain_on:         # in the explanation threads: the shared scoring batch goes on meanwhile
+            try: preds = [{**p, "words": w} for p, w in zip(preds, await explain_words(slot, texts, [p["label"] for p in preds]))]
+            except Exception as e:
+                log.exception("explaining failed")
+                return JSONResponse({"error": f"the words could not be explained: {type(e).__name__}: {e}"}, 503)
         times = {"processing_ms": round((time.perf_counter() - t0) * 1000, 2), "model_ms": round(model_ms, 2),
                  "run_id": slot.run_id}
-        return {"predictions": preds, **times} if many else {**preds[0], **times}
+        return json_response({"predictions": preds, **times} if many else {**preds[0], **times})
+    # served as a plain Starlette route (FastAPI's per-request dependency pass, a spare Response and the cookie
+    # parse cost more CPU than the rest of the request); the same function is registered after it for /api/docs only
+    api.add_route("/predict", predict, methods=["POST"])
+    api.add_api_route("/predict", predict, methods=["POST"], summary="Score one text or a list of texts")
+    api.add_route("/feedback", feedback_endpoint(slot, plog, params, auth), methods=["POST"])
     return api
 
 # %% ../nbs/16_app.ipynb #1a9bb56b

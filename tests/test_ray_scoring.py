@@ -57,9 +57,10 @@ def cluster(s3):
     from sentiment_nb.ray_scoring import start_local_ray
     saved = {k: os.environ.get(k) for k in s3.env()}
     os.environ.update(s3.env())
+    before = {p.pid for p in psutil.Process().children(recursive=True)}    # the S3 server's process is not Ray's
     start_local_ray(2, _node_ip_address="127.0.0.1")
     address = ray.get_runtime_context().gcs_address
-    started = psutil.Process().children(recursive=True)
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     yield address
     ray.shutdown()
     for k, v in saved.items():
@@ -78,15 +79,20 @@ def data(tmp_path_factory, untrained_model):
     (d / "pq").mkdir()
     for i, chunk in enumerate(np.array_split(np.arange(len(df)), 3)):
         df.iloc[chunk].to_parquet(d / "pq" / f"part-{i}.parquet", index=False, row_group_size=700)
-    run_cli("predict", "--file", d / "corpus.csv", "--out", d / "local.parquet", "--model", untrained_model,
+    run_cli("predict", "--file", d / "corpus.csv", "--out", d / "local.parquet", "--model", untrained_model, "--variant", VARIANT,
             timeout=900, check=True, env={"SENTIMENT_NB_NO_PROGRESS": "1"})
     return {"dir": d, "df": df, "local": pd.read_parquet(d / "local.parquet")}
+
+
+# fp32 ONNX in both engines: dynamic int8 quantizes activations per batch, so its probabilities depend on which texts
+# share a batch (the engines batch differently) and could not agree within 1e-5; the model path is the same.
+VARIANT = "onnx"
 
 
 def ray_predict(*args, address=None, env=None, timeout=900):
     "`sentiment-nb predict --engine ray ARGS` (joining `address` when given)."
     extra = ["--address", address] if address else []
-    return run_cli("predict", "--engine", "ray", *args, *extra, timeout=timeout,
+    return run_cli("predict", "--engine", "ray", *args, *extra, "--variant", VARIANT, timeout=timeout,
                    env={"SENTIMENT_NB_NO_PROGRESS": "1", **(env or {})})
 
 
@@ -94,8 +100,8 @@ def test_csv_and_parquet_folder_equal_the_local_engine(cluster, data, untrained_
     local = data["local"]
     proc = ray_predict(data["dir"] / "corpus.csv", "--out", tmp_path / "csv", "--model", untrained_model, address=cluster)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"model: run untrained at {untrained_model} (onnx-int8)" in proc.stderr
-    assert "5000 rows -> " in proc.stderr and "0 failed" in proc.stderr and "3 rows not scored" in proc.stderr
+    assert f"model: run untrained at {untrained_model} ({VARIANT})" in proc.stderr
+    assert "5000 rows -> " in proc.stderr and "0 failed" in proc.stderr and "2 rows not scored" in proc.stderr   # "" and "   "; "NA" is a text
     out = parts(tmp_path / "csv")
     assert out["input_row"].tolist() == list(range(5000))                      # order recoverable
     same_rows(out.drop(columns=["input_file", "input_row"]), local)
@@ -128,7 +134,8 @@ def test_s3_input_and_output(cluster, s3, untrained_model, tmp_path):
         client.download_file("ray-corpus", k, str(tmp_path / "part.parquet"))
         got.append(pd.read_parquet(tmp_path / "part.parquet"))
     out = pd.concat(got).sort_values(["input_file", "input_row"]).reset_index(drop=True)
-    assert len(keys) - 2 == 4 and out["id"].tolist() == df["id"].tolist()   # 2 files x 2 blocks, every row once
+    parquet = [k for k in keys if k.endswith(".parquet")]          # (pyarrow may also leave a `scored/` folder marker)
+    assert len(parquet) == 4 and out["id"].tolist() == df["id"].tolist()   # 2 files x 2 blocks, every row once
     assert out["input_file"].unique().tolist() == ["s3://ray-corpus/in/part-0.parquet", "s3://ray-corpus/in/part-1.parquet"]
     assert set(out["label"].dropna()) <= {"negative", "positive"}
 
