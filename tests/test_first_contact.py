@@ -247,5 +247,6 @@ def test_browser_first_contact(demo, browser_page, tmp_path):
     page.get_by_role("tab", name="Log").click()
     page.locator("#log").get_by_text("confidence").first.wait_for()
     headers = [h.strip() for h in page.locator("#log thead th").all_inner_texts() if h.strip()]
-    assert headers[:5] == ["time", "label", "confidence", "truncated", "text"], headers
+    assert headers[:3] == ["time", "label", "confidence"] and headers.index("text") > headers.index("truncated"), headers
+    assert headers[3:5] == ["correction", "truncated"], headers          # users' corrections right after the label
     page.screenshot(path=str(SHOTS / "log.png"), full_page=True)
