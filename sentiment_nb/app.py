@@ -73,12 +73,11 @@ class DemoParams(StageParams):
 # %% ../nbs/16_app.ipynb #2b232583
 def served_model(params: DemoParams) -> tuple[str, str | None]:
     "The model source to serve and, when it is not the run's own model, a line naming the run and folder chosen instead."
-    if params.model_dir: return params.model_dir, None
     own = resolve_path(params.run_dir) / "model"
-    if (own / "config.json").exists(): return str(own), None
-    try: d = infer.newest_model_dir(own.parent.parent)
+    try: source, other = infer.model_source(params.model_dir, params.run_dir)   # one rule with 03 and 05
     except FileNotFoundError: return str(own), None             # the model slot says "no model at ..." when it loads
-    run = infer.training_summary(d).get("run_id") or d.parent.name
+    if other is None: return source, None
+    d = Path(source); run = infer.training_summary(d).get("run_id") or d.parent.name
     which = "the newest completed run's model" if infer.completed_run(d.parent) else "the newest model folder (no completed run)"
     return str(d), f"no model in {own}: serving run {run} at {d} ({which})"
 

@@ -16,20 +16,19 @@ from sklearn import metrics as skm
 
 from .core import read_json, resolve_path, write_json
 from .explain import SERVED_METHOD, explain_batch, faithfulness, top_words
-from .infer import load_model, newest_model_dir, predict_proba, resolve_variant, training_summary, weights_sha256
+from .infer import load_model, model_source, predict_proba, resolve_variant, training_summary, weights_sha256
 from .pipeline import StageParams, load_run_splits, param
 
 # %% auto #0
 __all__ = ['BASELINES', 'MIN_CALIBRATION_ROWS', 'HEADLINE_METRICS', 'FAITHFULNESS_K', 'CALIBRATION_METRICS', 'EvaluationParams',
-           'model_source', 'split_labels', 'check_same_labels', 'evaluation_inputs', 'normalized', 'roc_auc',
-           'classification_metrics', 'metric_names', 'confusion_tables', 'plot_confusion', 'reliability_table',
-           'expected_calibration_error', 'plot_reliability', 'plot_confidence_histogram', 'apply_temperature',
-           'fit_temperature', 'calibrate', 'check_baselines', 'majority_baseline', 'tfidf_logreg_baseline',
-           'vader_roles', 'vader_probs', 'vader_baseline', 'score_baselines', 'evaluate_probs', 'comparison_table',
-           'metrics_rows', 'write_metrics', 'faithfulness_headline', 'evaluation_headline', 'error_examples',
-           'with_top_words', 'text_table', 'ood_accuracy', 'sample_rows', 'model_metrics', 'explanation_model',
-           'faithfulness_report', 'evaluate_model', 'reliability_figure', 'calibration_table', 'conditions_table',
-           'evaluation_tables']
+           'split_labels', 'check_same_labels', 'evaluation_inputs', 'normalized', 'roc_auc', 'classification_metrics',
+           'metric_names', 'confusion_tables', 'plot_confusion', 'reliability_table', 'expected_calibration_error',
+           'plot_reliability', 'plot_confidence_histogram', 'apply_temperature', 'fit_temperature', 'calibrate',
+           'check_baselines', 'majority_baseline', 'tfidf_logreg_baseline', 'vader_roles', 'vader_probs',
+           'vader_baseline', 'score_baselines', 'evaluate_probs', 'comparison_table', 'metrics_rows', 'write_metrics',
+           'faithfulness_headline', 'evaluation_headline', 'error_examples', 'with_top_words', 'text_table',
+           'ood_accuracy', 'sample_rows', 'model_metrics', 'explanation_model', 'faithfulness_report', 'evaluate_model',
+           'reliability_figure', 'calibration_table', 'conditions_table', 'evaluation_tables']
 
 # %% ../nbs/03_evaluation.ipynb #6d37251d
 BASELINES = ("majority", "vader", "tfidf_logreg")
@@ -58,17 +57,6 @@ class EvaluationParams(StageParams):
     run_dir: str = param("reports/notebook", "run folder: reads model/ from it, writes metrics, figures and the summary")
 
 # %% ../nbs/03_evaluation.ipynb #9059ecb0
-def model_source(model_dir: str, run_dir: str | Path) -> tuple[str, Path | None]:
-    "What to load, and the other run whose model it is: `model_dir`, else `<run_dir>/model`, else the newest completed run's."
-    if model_dir: return str(model_dir), None
-    d = resolve_path(run_dir) / "model"
-    if (d / "config.json").exists(): return str(d), None
-    try: found = newest_model_dir(resolve_path(run_dir).parent)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"no trained model in '{d}' (config.json missing) and {e}; run 02_training first, "
-                                f"or set model_dir to a model folder, a run id or s3://bucket/prefix") from e
-    return str(found), found.parent
-
 def split_labels(meta: dict) -> list[str]:
     "The class names of `splits.json`, in id order."
     return [meta["id2label"][str(i)] for i in range(len(meta["id2label"]))]

@@ -17,10 +17,10 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'POOLINGS', 'MEAN_POOLING_SUFFIX', 'MEAN_POOLING_MODEL_TYPES', 'MODEL_INPUT_NAMES',
            'FUSABLE_MODEL_TYPES', 'PROBE_TEXTS', 'EXPORT_RECIPE', 'ONNX_FILES', 'LONG_TEXT_MODES', 'parse_s3_source',
-           'completed_run', 'newest_model_dir', 'resolve_model_dir', 'safetensors_problem', 'check_model_files',
-           'cpuinfo_field', 'cpu_has', 'machine_description', 'resolve_variant', 'window_overlap', 'load_text_encoder',
-           'pad_batch', 'length_sorted_batches', 'softmax', 'model_pooling', 'encoder_model_type', 'masked_mean',
-           'mean_pooling_classes', 'register_mean_pooling', 'pooled_config', 'register_model_dir',
+           'completed_run', 'newest_model_dir', 'resolve_model_dir', 'model_source', 'safetensors_problem',
+           'check_model_files', 'cpuinfo_field', 'cpu_has', 'machine_description', 'resolve_variant', 'window_overlap',
+           'load_text_encoder', 'pad_batch', 'length_sorted_batches', 'softmax', 'model_pooling', 'encoder_model_type',
+           'masked_mean', 'mean_pooling_classes', 'register_mean_pooling', 'pooled_config', 'register_model_dir',
            'load_torch_classifier', 'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session', 'probe_inputs',
            'max_logit_gap', 'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export', 'export_onnx',
            'quantize_onnx', 'weights_sha256', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path',
@@ -66,6 +66,17 @@ def resolve_model_dir(source: str | Path | None = None, reports_dir: str | Path 
         if (cand / "config.json").exists(): return cand
     raise FileNotFoundError(f"no model at '{source}': expected a folder with config.json, a run id under "
                             f"{resolve_path(reports_dir)}/, or s3://bucket/prefix[#run-id]")
+
+def model_source(model_dir: str, run_dir: str | Path) -> tuple[str, Path | None]:
+    "What to load, and the other run whose model it is: `model_dir`, else `<run_dir>/model`, else the newest completed run's."
+    if model_dir: return str(model_dir), None
+    d = resolve_path(run_dir) / "model"
+    if (d / "config.json").exists(): return str(d), None
+    try: found = newest_model_dir(resolve_path(run_dir).parent)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no trained model in '{d}' (config.json missing) and {e}; run 02_training first, "
+                                f"or set model_dir to a model folder, a run id or s3://bucket/prefix") from e
+    return str(found), found.parent
 
 # %% ../nbs/11_infer.ipynb #0f549975
 def safetensors_problem(path: str | Path) -> str | None:
