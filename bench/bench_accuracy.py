@@ -40,7 +40,15 @@ def seed_figures(run_dir: Path) -> dict:
     return {"run_id": run_dir.name, "test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"],
             "validation_accuracy": summary["best_validation"]["accuracy"], "ood_accuracy": m.get("ood_accuracy"),
             "train_seconds": summary["train_seconds"], "n_train": summary["n_train"],
-            "best_epoch": summary.get("best_epoch")}
+            "best_epoch": summary.get("best_epoch"), **student_figures(metrics.get("student"))}
+
+
+def student_figures(student: dict | None) -> dict:
+    "The student's test accuracy and its gap to its teacher (stage 02's `student_layers`), none without a student."
+    if not student: return {}
+    return {"student_test_accuracy": student["accuracy"], "student_accuracy_gap": student["accuracy_gap"],
+            "student_ood_accuracy": student.get("ood_accuracy"), "student_validation_accuracy": student.get("validation_accuracy"),
+            "student_layers": student["model_layers"]}
 
 
 def mean_std(values: list) -> tuple[float | None, float | None]:
@@ -56,8 +64,9 @@ def summary_row(recipe: str, params_file: str, overrides: list, seeds: list[int]
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
            "load_average_start": load[0], "load_average_end": os.getloadavg()[0], "per_seed": per_seed,
            "n_train": per_seed[0]["n_train"]}
-    for key in ("test_accuracy", "test_macro_f1", "validation_accuracy", "ood_accuracy", "train_seconds"):
-        row[key] = [s[key] for s in per_seed]
+    student = ("student_test_accuracy", "student_accuracy_gap", "student_ood_accuracy") if "student_test_accuracy" in per_seed[0] else ()
+    for key in ("test_accuracy", "test_macro_f1", "validation_accuracy", "ood_accuracy", "train_seconds", *student):
+        row[key] = [s.get(key) for s in per_seed]
         row[f"{key}_mean"], row[f"{key}_std"] = mean_std(row[key])
     return row
 

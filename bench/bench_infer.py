@@ -4,6 +4,15 @@ with default settings against each variant of `sentiment_nb.infer`, on the same 
     .venv/bin/python bench/bench_infer.py                                   # newest reports/*/model, all variants
     .venv/bin/python bench/bench_infer.py --model reports/<run-id>/model --threads 2
     .venv/bin/python bench/bench_infer.py --variants onnx-int8 --skip-baseline
+    .venv/bin/python bench/bench_infer.py --model reports/<run-id>/model --variants onnx-int8 \
+        --student reports/<run-id>/student --rounds 3          # students beside their teacher, interleaved
+
+With --student (a model folder made by stage 02's `student_layers`; repeatable) each student's
+--student-variants run after the model's own variants, and every row carries `model_layers` and
+`teacher_accuracy`: the accuracy of the model (the teacher, same variant, else fp32) on the same texts in
+the same run. With --rounds N the whole sequence runs N times, interleaved, and each row reports the
+medians over the rounds (texts/s, p50, p95; `rounds_texts_per_s` keeps each round's figure): the
+pipeline baseline moves most with the load of a shared machine.
 
 Each variant runs in its own process, one after the other (no thread pools left spinning between them): the
 baseline, then fp32, bf16, int8, onnx, onnx-int8. Batch scoring is timed over all texts (best and median of
@@ -144,6 +153,24 @@ def serving_rss(model_dir: Path, texts, variant: str, threads: int) -> dict:
                 "n_texts": len(texts), "command": "sentiment-nb predict --file in.csv --out out.csv --variant " + variant}
 
 
+def model_layers(model_dir: Path) -> int | None:
+    "Encoder blocks of a model folder (its config's `num_hidden_layers`, or DistilBERT's `n_layers`)."
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return config.get("num_hidden_layers") or config.get("n_layers")
+
+
+MEDIAN_KEYS = ("texts_per_s", "texts_per_s_median", "cpu_ms_per_text", "p50_ms", "p95_ms", "load_average", "peak_rss_mb")
+
+def median_row(rounds: list[dict]) -> dict:
+    "One row of a variant measured in several rounds: the medians of the timing figures, each round's texts/s kept."
+    row = dict(rounds[-1])
+    for k in MEDIAN_KEYS:
+        vals = [r[k] for r in rounds if r.get(k) is not None]
+        if vals: row[k] = round(statistics.median(vals), 2)
+    row["rounds_texts_per_s"] = [r["texts_per_s"] for r in rounds]
+    return row
+
+
 def newest_model() -> Path:
     "The newest run's model under reports/."
     sys.path.insert(0, str(ROOT))
@@ -152,14 +179,16 @@ def newest_model() -> Path:
 
 
 def print_table(rows: list[dict]) -> None:
-    "The variant table with the ratio of texts/s to the baseline."
+    "The variant table with the ratio of texts/s to the baseline, the blocks of each model and its teacher's accuracy."
     base = next((r["texts_per_s"] for r in rows if r["variant"] == "pipeline"), None)
-    print(f"\n{'variant':<10} {'accuracy':>8} {'texts/s':>8} {'x base':>7} {'CPU ms/text':>11} {'p50 ms':>7} {'p95 ms':>7} "
-          f"{'size MB':>8} {'tok share':>9} {'RSS MB':>7}")
+    print(f"\n{'model':<8} {'blocks':>6} {'variant':<10} {'accuracy':>8} {'teacher':>7} {'texts/s':>8} {'x base':>7} {'CPU ms/text':>11} "
+          f"{'p50 ms':>7} {'p95 ms':>7} {'size MB':>8} {'tok share':>9} {'RSS MB':>7}")
     for r in rows:
         ratio = f"{r['texts_per_s'] / base:.1f}" if base else "-"
         tok = f"{100 * r['tokenize_share']:.0f} %" if r.get("tokenize_share") else "-"
-        print(f"{r['variant']:<10} {r['accuracy']:>8.2f} {r['texts_per_s']:>8.1f} {ratio:>7} {r['cpu_ms_per_text']:>11.2f} {r['p50_ms']:>7.2f} "
+        teacher = f"{r['teacher_accuracy']:.2f}" if r.get("teacher_accuracy") is not None else "-"
+        print(f"{r.get('model', 'model'):<8} {r.get('model_layers') or '-':>6} {r['variant']:<10} {r['accuracy']:>8.2f} {teacher:>7} "
+              f"{r['texts_per_s']:>8.1f} {ratio:>7} {r['cpu_ms_per_text']:>11.2f} {r['p50_ms']:>7.2f} "
               f"{r['p95_ms']:>7.2f} {r['size_mb']:>8.1f} {tok:>9} {r['peak_rss_mb']:>7.0f}")
 
 
@@ -175,6 +204,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime (0: their default)")
     ap.add_argument("--repeats", type=int, default=2, help="timed passes over all texts per variant (best and median kept)")
     ap.add_argument("--serve-variant", default="auto", help="variant of the serving-memory process ('' to skip)")
+    ap.add_argument("--student", action="append", default=[], help="a student model folder to measure beside the model (repeatable)")
+    ap.add_argument("--student-variants", default="onnx-int8", help="comma-separated variants of each student")
+    ap.add_argument("--rounds", type=int, default=1, help="run the whole sequence this many times, interleaved; rows report medians")
     ap.add_argument("--out", default=str(RESULTS), help="JSON lines file the rows are appended to")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -184,22 +216,31 @@ def main() -> int:
     from sentiment_nb.infer import resolve_model_dir, resolve_variant
     model_dir = resolve_model_dir(args.model) if args.model else newest_model()
     names = ([] if args.skip_baseline else ["pipeline"]) + [v for v in args.variants.split(",") if v]
+    jobs = [("model", model_dir, n) for n in names] + [
+        ("student", resolve_model_dir(d), v) for d in args.student for v in args.student_variants.split(",") if v]
     when, mach, load0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), machine(), os.getloadavg()[0]
     print(f"model {model_dir}; {mach['cpu']}, {mach['cores']} cores, {' '.join(mach['extensions'])}; "
-          f"threads {args.threads or 'default'}; load average {load0:.1f}", flush=True)
-    rows = []
-    for name in names:
-        cmd = [sys.executable, __file__, "--worker", name, "--model", str(model_dir), *sum(([f"--{k.replace('_', '-')}", str(getattr(args, k))]
-               for k in ("processed_dir", "n_texts", "latency_texts", "batch_size", "threads", "repeats")), [])]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None: print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr); return 1
-        rows.append(json.loads(line[7:])); r = rows[-1]
-        print(f"{name}: {r['texts_per_s']} texts/s, accuracy {r['accuracy']} %, p50 {r['p50_ms']} ms", flush=True)
+          f"threads {args.threads or 'default'}; load average {load0:.1f}; {args.rounds} round(s)", flush=True)
+    per_job = {j: [] for j in jobs}
+    for rnd in range(args.rounds):
+        for job in jobs:
+            kind, mdir, name = job
+            cmd = [sys.executable, __file__, "--worker", name, "--model", str(mdir), *sum(([f"--{k.replace('_', '-')}", str(getattr(args, k))]
+                   for k in ("processed_dir", "n_texts", "latency_texts", "batch_size", "threads", "repeats")), [])]
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None: print(f"{name} ({mdir}) failed:\n{proc.stderr[-3000:]}", file=sys.stderr); return 1
+            r = {**json.loads(line[7:]), "model": kind, "model_dir": str(mdir), "model_layers": model_layers(mdir),
+                 "load_average": round(os.getloadavg()[0], 2)}
+            per_job[job].append(r)
+            print(f"round {rnd + 1}: {kind} {name}: {r['texts_per_s']} texts/s, accuracy {r['accuracy']} %, p50 {r['p50_ms']} ms", flush=True)
+    rows = [median_row(rs) for rs in per_job.values()]
+    teacher = {r["variant"]: r["accuracy"] for r in rows if r["model"] == "model"}
+    for r in rows: r["teacher_accuracy"] = teacher.get(r["variant"], teacher.get("fp32"))
     print_table(rows)
     base = next((r for r in rows if r["variant"] == "pipeline"), None)
     fp32 = next((r for r in rows if r["variant"] == "fp32"), base)
-    kept = [r for r in rows if r["variant"] != "pipeline" and fp32 and r["accuracy"] >= fp32["accuracy"] - 0.5]
+    kept = [r for r in rows if r["variant"] != "pipeline" and r["model"] == "model" and fp32 and r["accuracy"] >= fp32["accuracy"] - 0.5]
     if kept:
         best = max(kept, key=lambda r: r["texts_per_s"])
         print(f"\nfastest variant within 0.5 points of fp32 accuracy: {best['variant']}"
@@ -212,7 +253,7 @@ def main() -> int:
             serve.append(serving_rss(model_dir, texts, v, args.threads))
             print(f"serving process ({v}): peak RSS {serve[-1]['peak_rss_mb']} MB, {serve[-1]['wall_s']} s for "
                   f"{len(texts)} texts from start to exit", flush=True)
-    meta = {"date": when, "machine": mach, "model_dir": str(model_dir), "threads": args.threads,
+    meta = {"date": when, "machine": mach, "threads": args.threads, "rounds": args.rounds,
             "batch_size": args.batch_size, "load_average_start": round(load0, 2), "load_average_end": round(os.getloadavg()[0], 2)}
     out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:

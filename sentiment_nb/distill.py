@@ -16,7 +16,7 @@ log = logging.getLogger("sentiment_nb.distill")
 # %% auto #0
 __all__ = ['log', 'OOD_ROWS', 'OOD_SEED', 'TRANSFER_SOURCES', 'binary_tweets', 'split_ood_tweets', 'rt_plot_texts',
            'transfer_texts', 'near_duplicate_key', 'drop_near_duplicates', 'cache_root', 'texts_digest',
-           'teacher_probabilities', 'soften', 'distillation_loss']
+           'teacher_probabilities', 'soften', 'distillation_loss', 'student_layer_indices', 'shrink_encoder']
 
 # %% ../nbs/15_distill.ipynb #6e734e44
 OOD_ROWS, OOD_SEED = 2000, 0
@@ -123,3 +123,34 @@ def distillation_loss(logits, labels, teacher_probs, alpha: float = 0.5, tempera
         hard[labeled] = F.cross_entropy(logits[labeled], labels[labeled], weight=w, reduction="none")
     weight = torch.where(labeled, torch.full_like(soft, float(alpha)), torch.ones_like(soft))
     return weight * soft + (1 - float(alpha)) * labeled.to(soft.dtype) * hard
+
+# %% ../nbs/15_distill.ipynb #5d1c8a06
+def student_layer_indices(n_layers: int, keep) -> list[int]:
+    "Which of `n_layers` blocks a student keeps: `keep` blocks evenly spaced ending at the last one, or the 0-based list `keep`."
+    if isinstance(keep, bool) or not isinstance(keep, (int, list, tuple)):
+        raise TypeError(f"student_layers={keep!r} must be a number of blocks or a list of block indices")
+    if isinstance(keep, int):
+        if not 1 <= keep < n_layers:
+            raise ValueError(f"student_layers={keep} must be between 1 and {n_layers - 1}: the model has {n_layers} blocks")
+        return sorted({-(-(i + 1) * n_layers // keep) - 1 for i in range(keep)})
+    idx = list(keep)
+    bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_layers]
+    if bad or not idx or len(set(idx)) != len(idx) or len(idx) >= n_layers:
+        raise ValueError(f"student_layers={idx} must be distinct block indices in 0..{n_layers - 1}, fewer than {n_layers}")
+    return sorted(idx)
+
+def shrink_encoder(model, keep) -> list[int]:
+    "Remove the encoder blocks `student_layers`=`keep` does not keep, in place (config included); return the kept indices."
+    import torch
+    from sentiment_nb.train import encoder_layers
+    layers = encoder_layers(model)
+    idx = student_layer_indices(len(layers), keep)
+    kept = [layers[i] for i in idx]
+    for new, layer in enumerate(kept):              # attention modules number their layer (for caches): renumber
+        for mod in layer.modules():
+            if hasattr(mod, "layer_idx"): mod.layer_idx = new
+    parent = next(m for m in model.modules() if any(c is layers for c in m.children()))
+    name = next(n for n, c in parent.named_children() if c is layers)
+    setattr(parent, name, torch.nn.ModuleList(kept))
+    model.config.num_hidden_layers = len(idx)
+    return idx

@@ -26,9 +26,10 @@ __all__ = ['BASELINES', 'MIN_CALIBRATION_ROWS', 'HEADLINE_METRICS', 'FAITHFULNES
            'plot_reliability', 'plot_confidence_histogram', 'apply_temperature', 'fit_temperature', 'calibrate',
            'check_baselines', 'majority_baseline', 'tfidf_logreg_baseline', 'vader_roles', 'vader_probs',
            'vader_baseline', 'score_baselines', 'evaluate_probs', 'comparison_table', 'metrics_rows', 'write_metrics',
-           'faithfulness_headline', 'evaluation_headline', 'error_examples', 'with_top_words', 'text_table',
-           'ood_accuracy', 'sample_rows', 'model_metrics', 'explanation_model', 'faithfulness_report', 'evaluate_model',
-           'reliability_figure', 'calibration_table', 'conditions_table', 'evaluation_tables']
+           'faithfulness_headline', 'student_headline', 'evaluation_headline', 'error_examples', 'with_top_words',
+           'text_table', 'ood_accuracy', 'student_dir_of', 'student_report', 'student_scores', 'sample_rows',
+           'model_metrics', 'explanation_model', 'faithfulness_report', 'evaluate_model', 'reliability_figure',
+           'calibration_table', 'conditions_table', 'evaluation_tables']
 
 # %% ../nbs/03_evaluation.ipynb #6d37251d
 BASELINES = ("majority", "vader", "tfidf_logreg")
@@ -305,6 +306,14 @@ def faithfulness_headline(f: dict) -> dict:
                                         f"{f['k']} random words by {f['random_drop']:.3f} ({f['texts']} of {f['rows']} test rows, "
                                         f"{f['method']} on {f['variant']}, {f['ms_per_row']:.0f} ms a row)"}
 
+def student_headline(s: dict | None) -> dict:
+    "The student's lines of the stage summary (none without a student)."
+    if not s: return {}
+    fmt = lambda v: None if v is None else round(v, 4)
+    return {"student": f"{s['model_layers']} of {s['teacher_layers']} encoder blocks ({s['model_dir']})",
+            "student test accuracy": fmt(s["accuracy"]), "student accuracy gap to its teacher": fmt(s["accuracy_gap"]),
+            "student out-of-domain accuracy": fmt(s["ood_accuracy"])}
+
 def evaluation_headline(report: dict, outcome: dict) -> dict:
     "The headline numbers and notes of stage 03 for `index.html`."
     m, cal = report["metrics"], report["calibration"]
@@ -313,7 +322,8 @@ def evaluation_headline(report: dict, outcome: dict) -> dict:
             **{f"{n} accuracy": fmt(s["accuracy"]) for n, s in report["baselines"].items()},
             **{f"{n} baseline": note for n, note in report["baseline_notes"].items()},
             "out-of-domain accuracy (tweets)": fmt(m["ood_accuracy"]), "ECE": fmt(m["ece"]),
-            **faithfulness_headline(report.get("faithfulness") or {}), "temperature scaling": cal["note"],
+            **student_headline(report.get("student")), **faithfulness_headline(report.get("faithfulness") or {}),
+            "temperature scaling": cal["note"],
             **({"ECE after temperature": fmt(m["ece_temperature_scaled"])} if cal["status"] == "applied" else {}),
             "push": outcome["status"], "push outcome": outcome["message"], "data hash": report["data_hash"][:12]}
 
@@ -352,6 +362,37 @@ def ood_accuracy(m, dataset: str, ood_rows: int = 2000, eval_batch_size: int = 6
     probs = predict_proba(m, [normalise_text(t) for t in held["text"]], eval_batch_size)[:, cols]
     pred = np.array(["negative", "positive"])[probs.argmax(axis=1)]
     return float((pred == held["label_name"].to_numpy()).mean()), {"rows": len(held), "set": "tweets_3class positive/negative, held out"}
+
+# %% ../nbs/03_evaluation.ipynb #e24a6b99
+def student_dir_of(m) -> Path | None:
+    "The student folder stage 02 made for model `m` (recorded in its summary, else beside it), None when there is none."
+    s = (m.info or {}).get("student")
+    if not s: return None
+    recorded = Path(s["model_dir"])
+    return next((d for d in (recorded, Path(m.model_dir).parent / recorded.name) if (d / "config.json").exists()), None)
+
+def student_report(m, texts: Sequence[str], y: np.ndarray, probs: np.ndarray, dataset: str,
+                   p: EvaluationParams = EvaluationParams()) -> dict | None:
+    "The student's test and out-of-domain figures against its teacher `m` (whose test probabilities are `probs`); None without a student."
+    d = student_dir_of(m)
+    if d is None: return None
+    s = load_model(d, variant=m.variant)
+    check_same_labels(s.labels, m.labels, str(d))
+    sp = predict_proba(s, list(texts), p.eval_batch_size)
+    info = m.info["student"]
+    teacher_acc, acc = float((probs.argmax(1) == y).mean()), float((sp.argmax(1) == y).mean())
+    return {"model_dir": str(d), "model_layers": info["model_layers"], "teacher_layers": info["student_of"]["of_layers"],
+            "kept_blocks": info["student_of"]["layers"], "variant": s.variant,
+            **{k: v for k, v in classification_metrics(y, sp, m.labels).items() if k in ("macro_f1", "roc_auc", "log_loss")},
+            "accuracy": acc, "teacher_accuracy": teacher_acc, "accuracy_gap": teacher_acc - acc,
+            "agreement": float((sp.argmax(1) == probs.argmax(1)).mean()),
+            "ood_accuracy": ood_accuracy(s, dataset, p.ood_rows, p.eval_batch_size)[0],
+            "validation_accuracy": info["best_validation"]["accuracy"], "weights_sha256": weights_sha256(d)}
+
+def student_scores(report: dict) -> dict:
+    "The student's row of the comparison table, named by its blocks (none without a student)."
+    s = report.get("student")
+    return {f"student ({s['model_layers']} of {s['teacher_layers']} blocks)": s} if s else {}
 
 # %% ../nbs/03_evaluation.ipynb #1f6359a6
 def sample_rows(df: pd.DataFrame, max_eval_rows: int, seed: int = 42) -> pd.DataFrame:
@@ -402,6 +443,7 @@ def evaluate_model(source: str, splits: dict[str, pd.DataFrame], meta: dict, p: 
     calibration, scaled = calibrate(val_probs, val["label"].to_numpy(), probs, y, bins)
     metrics = model_metrics(y, probs, scaled, labels, calibration, bins)
     metrics["ood_accuracy"], ood = ood_accuracy(m, meta.get("source", {}).get("dataset", ""), p.ood_rows, p.eval_batch_size)
+    student = student_report(m, test["text"].tolist(), y, probs, meta.get("source", {}).get("dataset", ""), p)
     base_probs, notes = score_baselines(p.baselines, splits["train"], test, labels, p.seed)
     pred = probs.argmax(axis=1)
     explainer = explanation_model(source, m) if p.faithfulness_rows or p.n_error_examples else m
@@ -410,6 +452,7 @@ def evaluate_model(source: str, splits: dict[str, pd.DataFrame], meta: dict, p: 
               "data_hash": meta["hash"], "metrics": metrics,
               "baselines": {n: evaluate_probs(y, bp, labels, bins) for n, bp in base_probs.items()},
               "baseline_notes": notes, "calibration": calibration, "ood": ood,
+              **({"student": student} if student else {}),
               "faithfulness": faithfulness_report(explainer, test, p.faithfulness_rows, p.seed),
               "confusion_matrix": confusion_tables(y, pred, labels)[0].values.tolist(),
               "classification_report": skm.classification_report(y, pred, labels=list(range(len(labels))),

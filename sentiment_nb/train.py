@@ -19,16 +19,17 @@ from .infer import POOLINGS, cpu_has, use_cls_only_last_layer
 
 # %% auto #0
 __all__ = ['METRIC_ALIASES', 'LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAIN_DIR_MARKER', 'LOGGING_STEPS',
-           'STEP_COLUMNS', 'TrainingDataParams', 'OptimizerParams', 'LossParams', 'BestEpochParams', 'SpeedParams',
-           'DistillationParams', 'TrainingParams', 'check_training_params', 'resolve_device', 'use_bf16', 'world_size',
-           'is_main_process', 'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func',
-           'model_config', 'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
-           'load_training_splits', 'transfer_rows', 'check_teacher_data', 'with_teacher_probabilities', 'encode_split',
-           'make_collator', 'padding_fraction', 'length_grouped_batches', 'accuracy_and_macro_f1', 'compute_metrics',
-           'best_eval_index', 'eval_records', 'KeepBestCallback', 'EpochLogCallback', 'latest_complete_checkpoint',
-           'checkpoint_to_resume', 'check_train_dir', 'prepare_train_dir', 'training_arguments', 'step_rows',
-           'history_frame', 'publish_best_model', 'stage_paths', 'training_rows', 'build_trainer', 'training_summary',
-           'train_classifier', 'plot_training_curves', 'train_from_params']
+           'STEP_COLUMNS', 'STUDENT_KEYS', 'TrainingDataParams', 'OptimizerParams', 'LossParams', 'BestEpochParams',
+           'SpeedParams', 'DistillationParams', 'StudentParams', 'TrainingParams', 'check_training_params',
+           'resolve_device', 'use_bf16', 'world_size', 'is_main_process', 'set_threads', 'class_weight_vector',
+           'per_example_loss', 'make_loss_func', 'model_config', 'load_model_and_tokenizer', 'encoder_layers',
+           'count_parameters', 'freeze_for_training', 'load_training_splits', 'transfer_rows', 'check_teacher_data',
+           'with_teacher_probabilities', 'encode_split', 'make_collator', 'padding_fraction', 'length_grouped_batches',
+           'accuracy_and_macro_f1', 'compute_metrics', 'best_eval_index', 'eval_records', 'KeepBestCallback',
+           'EpochLogCallback', 'latest_complete_checkpoint', 'checkpoint_to_resume', 'check_train_dir',
+           'prepare_train_dir', 'training_arguments', 'step_rows', 'history_frame', 'publish_best_model', 'stage_paths',
+           'student_params', 'training_rows', 'build_trainer', 'training_summary', 'train_classifier', 'with_student',
+           'student_training_headline', 'plot_training_curves', 'train_from_params']
 
 # %% ../nbs/02_training.ipynb #796279a6
 @dataclass
@@ -103,11 +104,20 @@ class DistillationParams(StageParams):
     transfer_data: list[str] = param([], "unlabeled texts the teacher labels for the student: `rt_plot` (the 1,097 plot rows of the RT file), `tweets` (binary tweets outside the out-of-domain slice), or table files with a `text` column; near-duplicates of validation, test and training texts are dropped first")
     max_transfer_rows: int = param(0, "a fixed sample of at most this many texts per transfer source (0: all)")
 
+# %% ../nbs/02_training.ipynb #c61b6112
+@dataclass
+class StudentParams(StageParams):
+    "A smaller model for serving, distilled from the model this stage just trained."
+    student_layers: Union[int, list[int]] = param(0, "after training, also make a student that keeps this many of the model's encoder blocks (evenly spaced, ending at the last: 3 of 6 keeps 1, 3, 5) or the blocks of this 0-based list, and distil it from the trained model over the training rows and `transfer_data`; 0: no student")
+    student_n_epochs: float = param(0, "passes of the student's training; 0: `n_epochs`")
+    student_learning_rate: float = param(0.0, "peak AdamW learning rate of the student; 0: `learning_rate`")
+    student_dir: str = param("", "folder the student goes to (a model folder like `model_dir`: predict, serve and 03 read it); empty: `<run_dir>/student`")
+
 # %% ../nbs/02_training.ipynb #9754edc6
 METRIC_ALIASES = {"f1_macro": "macro_f1"}   # the name 02 used before one vocabulary for every stage
 
 @dataclass
-class TrainingParams(DistillationParams, SpeedParams, BestEpochParams, LossParams, OptimizerParams, TrainingDataParams):
+class TrainingParams(StudentParams, DistillationParams, SpeedParams, BestEpochParams, LossParams, OptimizerParams, TrainingDataParams):
     "The parameters of stage 02: the groups above, in that order (the README's `### 02 training` table)."
     def __post_init__(self):
         "Metric names as stage 03 and the push conditions spell them (`f1_macro` is an accepted alias of `macro_f1`)."
@@ -144,7 +154,11 @@ def check_training_params(p: TrainingParams) -> None:
              ("distill_alpha", 0 <= p.distill_alpha <= 1, "must be in [0, 1]"),
              ("distill_temperature", p.distill_temperature > 0, "must be > 0"),
              ("max_transfer_rows", p.max_transfer_rows >= 0, "must be >= 0 (0: all rows)"),
-             ("transfer_data", not p.transfer_data or bool(p.teacher_model), "needs a teacher_model to label it")]
+             ("transfer_data", not p.transfer_data or bool(p.teacher_model or p.student_layers), "needs a teacher_model or student_layers (the trained model labels it for its student)"),
+             ("student_layers", p.student_layers == 0 or isinstance(p.student_layers, list) or p.student_layers > 0, "must be 0 (no student), a number of blocks or a list of block indices"),
+             ("student_n_epochs", p.student_n_epochs >= 0, "must be >= 0 (0: n_epochs)"),
+             ("student_learning_rate", p.student_learning_rate >= 0, "must be >= 0 (0: learning_rate)"),
+             ("student_dir", "://" not in p.student_dir, "must be a local folder: training writes the student there")]
     for name, ok, expected in rules:
         if not ok: raise ValueError(f"training parameter {name}={getattr(p, name)!r} {expected}")
 
@@ -539,6 +553,15 @@ def stage_paths(p: TrainingParams) -> tuple[Path, Path, Path]:
     return run, resolve_path(p.train_dir) if p.train_dir else run / "train", \
         resolve_path(p.model_dir) if p.model_dir else run / "model"
 
+def student_params(p: TrainingParams, model_dir: Path) -> TrainingParams:
+    "Stage 02's parameters for the student of the model in `model_dir`: that model is its start and its teacher."
+    run, train_dir, _ = stage_paths(p)
+    return dataclasses.replace(p, model_name=str(model_dir), tokenizer_name="", teacher_model=str(model_dir),
+                               n_epochs=p.student_n_epochs or p.n_epochs, learning_rate=p.student_learning_rate or p.learning_rate,
+                               model_dir=str(resolve_path(p.student_dir) if p.student_dir else run / "student"),
+                               train_dir=str(train_dir.with_name(train_dir.name + "-student")), resume_from_checkpoint=False,
+                               freeze_backbone=False, student_layers=0, student_dir="")
+
 def training_rows(p: TrainingParams) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, str], str, dict | None]:
     "Train rows (with the teacher's probabilities and transfer rows when distilling), validation rows, `id2label`, data hash, what distillation used."
     train, val, id2label, data_hash = load_training_splits(p.processed_dir, p.max_train_rows, p.max_validation_rows, p.run_dir)
@@ -549,8 +572,8 @@ def training_rows(p: TrainingParams) -> tuple[pd.DataFrame, pd.DataFrame, dict[i
     return train, val, id2label, data_hash, distillation
 
 # %% ../nbs/02_training.ipynb #f78bd8ba
-def build_trainer(p: TrainingParams):
-    "Check the inputs and build the Trainer; nothing is written yet. Returns (trainer, context dict)."
+def build_trainer(p: TrainingParams, keep_layers: int | list[int] | None = None):
+    "Check the inputs and build the Trainer (keeping only the `keep_layers` encoder blocks of a student); nothing is written yet. Returns (trainer, context dict)."
     from transformers import PrinterCallback, Trainer, set_seed
     from transformers.utils import logging as hf_logging
     check_training_params(p)
@@ -562,6 +585,11 @@ def build_trainer(p: TrainingParams):
     weights = class_weight_vector(train_df["label"][train_df["label"] >= 0].tolist(), len(id2label), p.class_weights)
     set_seed(p.seed)
     model, tokenizer = load_model_and_tokenizer(p.model_name, p.tokenizer_name, id2label, p.dropout_rate, p.pooling)
+    student = None
+    if keep_layers is not None:
+        from sentiment_nb.distill import shrink_encoder
+        n_layers = len(encoder_layers(model))
+        student = {"layers": shrink_encoder(model, keep_layers), "of_layers": n_layers, "teacher": p.teacher_model}
     counts = freeze_for_training(model, p.freeze_backbone, p.trainable_last_layers, p.freeze_embeddings)
     cls_only = p.cls_only_last_layer and use_cls_only_last_layer(model)
     run, train_dir, model_dir = stage_paths(p)
@@ -584,7 +612,7 @@ def build_trainer(p: TrainingParams):
                parameters=counts, resume=resume, run_dir=run, train_dir=train_dir, model_dir=model_dir,
                tokenizer=tokenizer, log=log_cb, n_train=len(train_ds), n_eval=len(val_ds),
                mean_tokens=float(np.mean(train_ds["length"])), cls_only_last_layer=cls_only,
-               distillation=distillation)
+               distillation=distillation, student=student, model_layers=len(encoder_layers(model)))
     return trainer, ctx
 
 # %% ../nbs/02_training.ipynb #948fdc62
@@ -606,12 +634,13 @@ def training_summary(p: TrainingParams, ctx: dict, history: pd.DataFrame, best: 
             "device": ctx["device"], "bf16": ctx["bf16"], "threads": ctx["threads"], "world_size": world_size(),
             "resumed_from": ctx["resume"], "class_weights": ctx["class_weights"], "parameters": ctx["parameters"],
             "pooling": p.pooling, "cls_only_last_layer": ctx["cls_only_last_layer"], "distillation": ctx["distillation"],
+            "student_of": ctx["student"], "model_layers": int(ctx["model_layers"]),
             "history": history.to_dict("records"), "versions": package_versions()}
 
-def train_classifier(p: TrainingParams) -> tuple[dict, pd.DataFrame]:
-    "Fine-tune, keep the best epoch and write it to `model_dir`; return the summary and the history."
+def train_classifier(p: TrainingParams, keep_layers: int | list[int] | None = None) -> tuple[dict, pd.DataFrame]:
+    "Fine-tune, keep the best epoch and write it to `model_dir` (then its student, with `student_layers`); return the summary and the history."
     started = time.time()
-    trainer, ctx = build_trainer(p)
+    trainer, ctx = build_trainer(p, keep_layers)
     if is_main_process(): prepare_train_dir(ctx["train_dir"], p.clean_train_dir_before_training, ctx["resume"] is not None)
     trainer.train(resume_from_checkpoint=ctx["resume"])
     if not eval_records(trainer.state.log_history): trainer.evaluate()   # a run shorter than one epoch
@@ -624,7 +653,29 @@ def train_classifier(p: TrainingParams) -> tuple[dict, pd.DataFrame]:
         publish_best_model(best_dir, ctx["model_dir"], ctx["tokenizer"], summary)
         if not p.keep_checkpoints: shutil.rmtree(ctx["train_dir"], ignore_errors=True)
     if world_size() > 1 and torch.distributed.is_initialized(): torch.distributed.barrier()
+    if p.student_layers and keep_layers is None:
+        summary = with_student(p, ctx["model_dir"], summary, history)
     return summary, history
+
+STUDENT_KEYS = ("student_of", "model_layers", "best_epoch", "best_validation", "train_seconds", "samples_per_second", "n_train", "distillation")
+
+def with_student(p: TrainingParams, model_dir: Path, summary: dict, history: pd.DataFrame) -> dict:
+    "Train the student of the model just written, record it in the model's summary; its history goes in `history.attrs`."
+    sp = student_params(p, model_dir)
+    student, student_history = train_classifier(sp, keep_layers=p.student_layers)
+    history.attrs["student_history"] = student_history.to_dict("records")
+    if is_main_process():
+        summary = {**summary, "student": {"model_dir": sp.model_dir, **{k: student[k] for k in STUDENT_KEYS}}}
+        write_json(model_dir / "training_summary.json", summary)
+    return summary
+
+def student_training_headline(summary: dict) -> dict:
+    "The stage summary's lines about the student (none without one)."
+    s = summary.get("student")
+    if not s: return {}
+    return {"student blocks": f"{len(s['student_of']['layers'])} of {s['student_of']['of_layers']} ({s['student_of']['layers']})",
+            "student validation accuracy": round(s["best_validation"]["accuracy"], 4),
+            "student training seconds": s["train_seconds"], "student train rows": s["n_train"]}
 
 # %% ../nbs/02_training.ipynb #fc74cbf2
 def plot_training_curves(history: pd.DataFrame, steps: list[dict] | None = None):
@@ -656,4 +707,8 @@ def train_from_params(params: dict) -> dict:
     if summary:
         print(f"best model (epoch {summary['best_epoch']}, validation {summary['best_metric']['name']} "
               f"{summary['best_metric']['value']:.4f}) -> {stage_paths(p)[2]}")
+        if "student" in summary:
+            s = summary["student"]
+            print(f"student ({len(s['student_of']['layers'])} of {s['student_of']['of_layers']} blocks, validation accuracy "
+                  f"{s['best_validation']['accuracy']:.4f}) -> {s['model_dir']}")
     return summary

@@ -191,3 +191,35 @@ def test_distillation_from_a_teacher_trains_on_gold_and_transfer_rows(splits_dir
                                             transfer_data=["rt_plot"], max_transfer_rows=40))
     assert again["distillation"]["n_transfer"] == d["n_transfer"]                    # the same fixed sample
     assert len(list((tmp_path / "cache" / "teacher_probs").glob("*.npz"))) == 1      # read back from the cache
+
+
+def test_student_layers_makes_saves_and_serves_a_smaller_student(splits_dir, tmp_path, monkeypatch):
+    "`student_layers` 2: stage 02 trains the model, then a 2-block student from it; the student reloads, exports to ONNX int8, serves through `predict` and 03 scores it beside its teacher."
+    from sentiment_nb.evaluate import EvaluationParams, student_report
+    from sentiment_nb.infer import load_model, predict_proba
+    from sentiment_nb.train import train_classifier
+    monkeypatch.setenv("SENTIMENT_NB_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    summary, history = train_classifier(tiny_params(splits_dir, run, max_train_rows=32, student_layers=2,
+                                                    transfer_data=["rt_plot"], max_transfer_rows=16))
+    student_dir = run / "student"
+    s = summary["student"]
+    assert s["model_dir"] == str(student_dir) and s["student_of"] == {"layers": [2, 5], "of_layers": 6, "teacher": str(run / "model")}
+    assert s["model_layers"] == 2 and s["n_train"] > 32 and s["distillation"]["n_transfer"] > 10
+    assert json.loads((run / "model" / "training_summary.json").read_text())["student"]["model_layers"] == 2
+    config = json.loads((student_dir / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and (student_dir / "tokenizer.json").exists()
+    assert (student_dir / "model.safetensors").stat().st_size < 0.8 * (run / "model" / "model.safetensors").stat().st_size
+    assert history.attrs["student_history"] and not (run / "train-student").exists()
+    m, st = load_model(run / "model"), load_model(student_dir)
+    assert len(st.model.base_model.encoder.layer) == 2 and st.labels == m.labels
+    texts = ["a wonderful, moving film", "dull and far too long"]
+    out = subprocess.run([str(BIN / "sentiment-nb"), "predict", *texts, "--model", str(student_dir), "--variant", "onnx-int8",
+                          "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = np.array([[r["scores"]["negative"], r["scores"]["positive"]] for r in map(json.loads, out.stdout.splitlines())])
+    assert np.abs(got - predict_proba(st, texts)).max() < 0.1
+    y = np.array([1, 0])
+    r = student_report(m, texts, y, predict_proba(m, texts), "rotten_tomatoes", EvaluationParams(ood_rows=16))
+    assert r["model_dir"] == str(student_dir) and (r["model_layers"], r["teacher_layers"]) == (2, 6)
+    assert abs(r["accuracy_gap"] - (r["teacher_accuracy"] - r["accuracy"])) < 1e-9 and r["ood_accuracy"] is not None
