@@ -31,14 +31,14 @@ __all__ = ['log', 'LOG_SCHEMA', 'LOG_COLUMNS', 'NOT_UPLOADED', 'TEXT_COLUMN_NAME
            'prediction_rows', 'run_id_of', 'ModelSlot', 'score_and_log', 'read_uploaded', 'read_upload_csv',
            'is_numeric_column', 'pick_text_column', 'column_to_score', 'texts_of_column', 'write_scored_csv',
            'batch_summary', 'metrics_table', 'evaluation_artifacts', 'basic_auth_from_env', 'basic_auth_ok',
-           'dataset_of', 'demo_texts', 'demo_texts_of', 'model_card', 'model_tab_values', 'log_view',
-           'with_corrections', 'explain_flag', 'loaded_model', 'explain_words', 'highlighted', 'feedback_request',
-           'submit_feedback', 'feedback_endpoint', 'demo_reference', 'monitor_table', 'monitor_values', 'predict_note',
-           'clear_result', 'classify_text', 'correction_choices', 'highlight_words', 'send_correction', 'predict_tab',
-           'batch_scorer', 'batch_tab', 'model_tab', 'log_tab', 'monitor_tab', 'build_blocks', 'read_body',
-           'parse_json_body', 'json_response', 'build_api', 'servable_file', 'UploadsOnly', 'Demo', 'free_port',
-           'share_link', 'RunningDemo', 'check_port', 'start_demo', 'wait_until_ready', 'check_demo', 'run_demo',
-           'serve_demo']
+           'dataset_of', 'demo_texts', 'demo_texts_of', 'model_kind_lines', 'accuracy_lines', 'model_card',
+           'model_tab_values', 'log_view', 'with_corrections', 'explain_flag', 'loaded_model', 'explain_words',
+           'highlighted', 'feedback_request', 'submit_feedback', 'feedback_endpoint', 'demo_reference', 'monitor_table',
+           'monitor_values', 'predict_note', 'clear_result', 'classify_text', 'correction_choices', 'highlight_words',
+           'send_correction', 'predict_tab', 'batch_scorer', 'batch_tab', 'model_tab', 'log_tab', 'monitor_tab',
+           'build_blocks', 'read_body', 'parse_json_body', 'json_response', 'build_api', 'servable_file', 'UploadsOnly',
+           'Demo', 'free_port', 'share_link', 'RunningDemo', 'check_port', 'start_demo', 'wait_until_ready',
+           'check_demo', 'run_demo', 'serve_demo']
 
 # %% ../nbs/16_app.ipynb #bfc86fb4
 @dataclass
@@ -244,6 +244,7 @@ class ModelSlot:
         self.idle_s = idle_unload_minutes * 60
         self.model: infer.SentimentModel | None = None
         self.state, self.error, self.loads = "stopped", None, 0
+        self.texts_scored, self.model_seconds = 0, 0.0    # what this server measured of its model, since start
         self.last_used = time.monotonic()
         self._queue: queue.Queue = queue.Queue()
         self._closed = threading.Event()
@@ -265,10 +266,16 @@ class ModelSlot:
         return run_id_of(self.model) if self.model is not None else None
 
     def health(self) -> dict:
-        "Model state, run id, labels, variant and the last load error (no path: `GET /health` shows it)."
+        "Model state, run id, labels, variant, the last load error (no path: `GET /health` shows it) and the measured speed."
         m = self.model
         return {"model_state": self.state, "run_id": self.run_id, "labels": list(m.labels) if m else None,
-                "variant": m.variant if m else None, "loads": self.loads, "error": self.error}
+                "variant": m.variant if m else None, "loads": self.loads, "error": self.error,
+                "texts_scored": self.texts_scored, "model_texts_per_s": self.model_texts_per_s}
+
+    @property
+    def model_texts_per_s(self) -> float | None:
+        "Texts per second of model time (tokenizing and scoring, batched as requests arrive) over what this server scored."
+        return round(self.texts_scored / self.model_seconds, 1) if self.model_seconds > 0 else None
 
     def close(self) -> None:
         "Stop the scoring and idle threads (queued work is scored first)."
@@ -317,7 +324,9 @@ def _predict(self, texts: list[str]) -> tuple[list[dict], float]:
     t0 = time.perf_counter()
     try:
         preds = infer.predict(self.model, texts, self.batch_size, self.long_text) if texts else []
-        return preds, (time.perf_counter() - t0) * 1000
+        seconds = time.perf_counter() - t0
+        self.texts_scored, self.model_seconds = self.texts_scored + len(texts), self.model_seconds + seconds
+        return preds, seconds * 1000
     finally: self.last_used = time.monotonic()
 
 @patch_to(ModelSlot)
@@ -545,6 +554,28 @@ def demo_texts_of(source: str) -> dict:
 # %% ../nbs/16_app.ipynb #32ee7ea3
 CARD_PARAMS = ("model_name", "n_epochs", "batch_size", "learning_rate", "loss", "class_weights", "max_train_samples", "seed")
 
+def model_kind_lines(summary: dict, health: dict) -> list[str]:
+    "Card lines: whether the served model is a student (which blocks of which teacher) and its speed measured here."
+    lines, so = [], summary.get("student_of")
+    if isinstance(so, dict) and so.get("layers"):
+        blocks = ", ".join(map(str, so["layers"]))
+        lines.append(f"**model**: a student with {len(so['layers'])} of its teacher's {so.get('of_layers')} encoder blocks "
+                     f"({blocks}), distilled from `{so.get('teacher')}`")
+    speed = health.get("model_texts_per_s")
+    lines.append(f"**measured speed**: {speed:,.1f} texts/s of model time over the {health.get('texts_scored', 0):,} texts "
+                 "this server scored" if speed else "**measured speed**: none yet (no text scored since the server started)")
+    return lines
+
+def accuracy_lines(report: dict | None) -> list[str]:
+    "Card lines: the test accuracy of the served model from its evaluation report, a student's beside its teacher's."
+    acc = ((report or {}).get("metrics") or {}).get("accuracy")
+    if not isinstance(acc, (int, float)): return []
+    if report.get("evaluated") != "student": return [f"**test accuracy**: {acc:.1%}"]
+    s, teacher = report["student"], report["baselines"]["teacher"].get("accuracy")
+    extra = [f"its teacher's {teacher:.1%}"] if isinstance(teacher, (int, float)) else []
+    extra += [f"agreement with it {s['agreement']:.1%}"] if isinstance(s.get("agreement"), (int, float)) else []
+    return [f"**test accuracy**: {acc:.1%} (" + ", ".join(extra) + ")" if extra else f"**test accuracy**: {acc:.1%}"]
+
 def model_card(slot: ModelSlot, params: DemoParams) -> tuple[str, pd.DataFrame, list[str]]:
     "Markdown about the served model, the metrics table and the evaluation figures (image, caption)."
     h, m = slot.health(), slot.model
@@ -554,13 +585,18 @@ def model_card(slot: ModelSlot, params: DemoParams) -> tuple[str, pd.DataFrame, 
         lines += [f"**run**: `{run_id_of(m)}`", f"**folder**: `{m.model_dir}`", f"**classes**: {', '.join(m.labels)}",
                   f"**runtime**: {m.variant}", f"**max input length**: {m.max_length} tokens"]
         lines += [f"**{k}**: {trained[k]}" for k in CARD_PARAMS if k in trained]
+        lines += model_kind_lines(m.info, h)
     if h["error"]: lines.append(f"**load error**: {h['error']}")
     table, figures = pd.DataFrame(), []
     if m is not None:
         metrics = params.metrics_path or Path(m.model_dir).parent / "metrics.json"
         report, why = infer.evaluation_of(m.model_dir, m.run_id, metrics)
-        if report is not None: table, figures = evaluation_artifacts(metrics)
+        if report is not None:
+            table, figures = evaluation_artifacts(metrics)
+            table = metrics_table(report)               # a student's report has its own metrics, its teacher's beside
+            if report.get("evaluated") == "student": figures = []   # 03's figures are its teacher's
         lines.append(f"_{why}_" if why else f"**evaluation**: `{metrics}` (run `{report.get('model_run_id')}`)")
+        lines += accuracy_lines(report)
         if report is not None and table.empty: lines.append("_its metrics.json holds no metrics_")
     from PIL import Image
     return "  \n".join(lines), table, [(Image.open(f).convert("RGB"), f.stem) for f in figures]

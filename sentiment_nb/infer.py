@@ -16,17 +16,18 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'VARIANTS', 'AUTO_VARIANT', 'POOLINGS', 'MEAN_POOLING_SUFFIX', 'MEAN_POOLING_MODEL_TYPES', 'MODEL_INPUT_NAMES',
-           'FUSABLE_MODEL_TYPES', 'PROBE_TEXTS', 'EXPORT_RECIPE', 'ONNX_FILES', 'LONG_TEXT_MODES', 'parse_s3_source',
-           'completed_run', 'newest_model_dir', 'resolve_model_dir', 'model_source', 'safetensors_problem',
-           'check_model_files', 'cpuinfo_field', 'cpu_has', 'machine_description', 'resolve_variant', 'window_overlap',
-           'load_text_encoder', 'pad_batch', 'length_sorted_batches', 'softmax', 'model_pooling', 'encoder_model_type',
-           'masked_mean', 'mean_pooling_classes', 'register_mean_pooling', 'pooled_config', 'register_model_dir',
-           'load_torch_classifier', 'torch_input_names', 'torch_runner', 'onnx_runner', 'onnx_session', 'probe_inputs',
-           'max_logit_gap', 'cls_only_forward', 'use_cls_only_last_layer', 'fuse_onnx', 'torch_export', 'export_onnx',
-           'quantize_onnx', 'weights_sha256', 'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path',
-           'unscorable_reason', 'SentimentModel', 'config_labels', 'training_summary', 'load_model', 'evaluation_of',
-           'check_long_text', 'score_encodings', 'predict_scores', 'predict_proba', 'predict', 'chunked_scores',
-           'predict_proba_chunked', 'untrained_model_dir']
+           'FUSABLE_MODEL_TYPES', 'PROBE_TEXTS', 'EXPORT_RECIPE', 'ONNX_FILES', 'STUDENT_METRICS', 'LONG_TEXT_MODES',
+           'parse_s3_source', 'completed_run', 'newest_model_dir', 'resolve_model_dir', 'model_source',
+           'safetensors_problem', 'check_model_files', 'cpuinfo_field', 'cpu_has', 'machine_description',
+           'resolve_variant', 'window_overlap', 'load_text_encoder', 'pad_batch', 'length_sorted_batches', 'softmax',
+           'model_pooling', 'encoder_model_type', 'masked_mean', 'mean_pooling_classes', 'register_mean_pooling',
+           'pooled_config', 'register_model_dir', 'load_torch_classifier', 'torch_input_names', 'torch_runner',
+           'onnx_runner', 'onnx_session', 'probe_inputs', 'max_logit_gap', 'cls_only_forward',
+           'use_cls_only_last_layer', 'fuse_onnx', 'torch_export', 'export_onnx', 'quantize_onnx', 'weights_sha256',
+           'model_fingerprint', 'onnx_cache_dir', 'onnx_model_path', 'unscorable_reason', 'SentimentModel',
+           'config_labels', 'training_summary', 'load_model', 'student_evaluation', 'evaluation_of', 'check_long_text',
+           'score_encodings', 'predict_scores', 'predict_proba', 'predict', 'chunked_scores', 'predict_proba_chunked',
+           'untrained_model_dir']
 
 # %% ../nbs/11_infer.ipynb #eee96783
 def parse_s3_source(source: str) -> tuple[str, str, str]:
@@ -526,6 +527,14 @@ def load_model(source: str | Path | None = None, max_length: int | None = None, 
                           length, config.get("pad_token_id") or 0, summary)
 
 # %% ../nbs/11_infer.ipynb #978fd43d
+STUDENT_METRICS = ("accuracy", "macro_f1", "roc_auc", "log_loss")
+
+def student_evaluation(report: dict) -> dict:
+    "03's report seen from its student (stage 02's `student_layers`): the student's metrics, its teacher's as a baseline."
+    s = report["student"]
+    return {**report, "metrics": {k: s[k] for k in STUDENT_METRICS if k in s}, "evaluated": "student",
+            "baselines": {"teacher": report.get("metrics") or {}, **(report.get("baselines") or {})}}
+
 def evaluation_of(model_dir: str | Path, run_id: str | None, metrics_path: str | Path = "") -> tuple[dict | None, str]:
     "The evaluation report (`metrics.json`, default: beside the model's folder) of this model, or None and why not."
     path = resolve_path(metrics_path) if metrics_path else Path(model_dir).parent / "metrics.json"
@@ -534,7 +543,9 @@ def evaluation_of(model_dir: str | Path, run_id: str | None, metrics_path: str |
     except ValueError as e: return None, f"no evaluation of this model: {path} is not valid JSON ({e})"
     if not isinstance(report, dict): return None, f"no evaluation of this model: {path} is not an evaluation report"
     if report.get("model_weights_sha256"):
-        if report["model_weights_sha256"] == weights_sha256(model_dir): return report, ""
+        sha, student = weights_sha256(model_dir), report.get("student")
+        if report["model_weights_sha256"] == sha: return report, ""
+        if isinstance(student, dict) and student.get("weights_sha256") == sha: return student_evaluation(report), ""
         return None, f"no evaluation of this model: {path} evaluated other weights"
     if not report.get("model_run_id"): return None, f"no evaluation of this model: {path} names no model (no model_run_id)"
     if report["model_run_id"] != run_id:
