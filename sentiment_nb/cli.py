@@ -14,10 +14,10 @@ __all__ = ['SQLITE_MAGIC', 'SERVE_ALIASES', 'PREDICT_WRITERS', 'COMMANDS', 'add_
            'add_params_options', 'add_variant_option', 'add_long_text_option', 'add_run_command', 'run_command',
            'check_writable_file', 'check_log_path', 'model_line', 'add_serve_command', 'serve_command',
            'add_s3_local_command', 's3_local_command', 'given_options_only', 'add_train_command', 'training_mapping',
-           'train_command', 'add_predict_command', 'table_texts', 'stdin_lines', 'file_text_column', 'predict_inputs',
-           'utf8_safe', 'score_texts', 'truncation_note', 'scored_table', 'printed_rows', 'explained_words',
-           'write_scored', 'predict_command', 'add_feedback_command', 'feedback_export_command', 'build_parser',
-           'is_user_error', 'main']
+           'train_command', 'add_tune_command', 'tune_overrides', 'tune_command', 'add_predict_command', 'table_texts',
+           'stdin_lines', 'file_text_column', 'predict_inputs', 'utf8_safe', 'score_texts', 'truncation_note',
+           'scored_table', 'printed_rows', 'explained_words', 'write_scored', 'predict_command', 'add_feedback_command',
+           'feedback_export_command', 'build_parser', 'is_user_error', 'main']
 
 # %% ../nbs/13_cli.ipynb #521385ef
 def add_field_option(parser, cls, name: str, *aliases: str) -> None:
@@ -191,6 +191,37 @@ def train_command(args) -> int:
     "Train with the parameters of the command line; refuse names stage 02 does not have."
     from sentiment_nb.train import train_from_params
     train_from_params(training_mapping(args))
+    return 0
+
+# %% ../nbs/13_cli.ipynb #22c263aa
+def add_tune_command(sub) -> None:
+    "The `tune` sub-command: stages 01 and 02 with stage 02's hyperparameter search on."
+    p = sub.add_parser("tune", help="search stage 02's hyperparameters with Optuna (trials scored on validation), then "
+                       "train with the best; writes reports/<run-id>/tune/best_params.yaml")
+    add_params_options(p, "override one parameter, e.g. -p tune_max_train_rows 3000 or -p tune_space.n_epochs '[1, 2]'; VALUE is read as YAML")
+    p.add_argument("--trials", type=int, default=None, help="trials to run (sets tune_trials; default: the parameters' tune_trials)")
+    p.add_argument("--run-id", default=None, help="name of the run folder (default: a new time-stamped id)")
+    p.add_argument("--reports-dir", default="reports", help="folder that holds the run folders")
+    p.set_defaults(func=tune_command)
+
+def tune_overrides(args) -> list[tuple]:
+    "The `-p` overrides with `--trials` as `tune_trials`; refuse a search of no trials or a bad `tune_space` before anything runs."
+    from sentiment_nb.pipeline import apply_overrides, load_params
+    from sentiment_nb.train import TrainingParams, check_tune_space
+    overrides = [tuple(p) for p in args.param] + ([("tune_trials", str(args.trials))] if args.trials is not None else [])
+    params = apply_overrides(load_params(args.params_file), overrides, TrainingParams().as_dict())
+    trials = params.get("tune_trials", 0)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise ValueError(f"tune needs a number of trials >= 1 (--trials N or tune_trials in the parameters), got {trials!r}")
+    check_tune_space(params.get("tune_space"))
+    return overrides
+
+def tune_command(args) -> int:
+    "Run stages 01 and 02 with the search on; print the best parameters file and the report."
+    from sentiment_nb.pipeline import run_pipeline
+    run_dir = run_pipeline(args.params_file, tune_overrides(args), "01,02", args.run_id, None, args.reports_dir)
+    print(f"best parameters: {run_dir / 'tune' / 'best_params.yaml'}  (sentiment-nb run -f that file)")
+    print(f"reports: {run_dir / 'index.html'}")
     return 0
 
 # %% ../nbs/13_cli.ipynb #808c98eb
@@ -385,7 +416,7 @@ def feedback_export_command(args) -> int:
     return 0
 
 # %% ../nbs/13_cli.ipynb #9b8b0898
-COMMANDS = [add_run_command, add_serve_command, add_s3_local_command, add_train_command, add_predict_command, add_feedback_command]
+COMMANDS = [add_run_command, add_serve_command, add_s3_local_command, add_train_command, add_tune_command, add_predict_command, add_feedback_command]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `sentiment-nb` parser with every sub-command."

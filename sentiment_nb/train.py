@@ -19,17 +19,19 @@ from .infer import POOLINGS, cpu_has, use_cls_only_last_layer
 
 # %% auto #0
 __all__ = ['METRIC_ALIASES', 'LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAIN_DIR_MARKER', 'LOGGING_STEPS',
-           'STEP_COLUMNS', 'STUDENT_KEYS', 'TrainingDataParams', 'OptimizerParams', 'LossParams', 'BestEpochParams',
-           'SpeedParams', 'DistillationParams', 'StudentParams', 'TrainingParams', 'check_training_params',
-           'resolve_device', 'use_bf16', 'world_size', 'is_main_process', 'set_threads', 'class_weight_vector',
-           'per_example_loss', 'make_loss_func', 'model_config', 'load_model_and_tokenizer', 'encoder_layers',
-           'count_parameters', 'freeze_for_training', 'load_training_splits', 'transfer_rows', 'check_teacher_data',
-           'with_teacher_probabilities', 'encode_split', 'make_collator', 'padding_fraction', 'length_grouped_batches',
-           'accuracy_and_macro_f1', 'compute_metrics', 'best_eval_index', 'eval_records', 'KeepBestCallback',
-           'EpochLogCallback', 'latest_complete_checkpoint', 'checkpoint_to_resume', 'check_train_dir',
-           'prepare_train_dir', 'training_arguments', 'step_rows', 'history_frame', 'publish_best_model', 'stage_paths',
-           'student_params', 'training_rows', 'build_trainer', 'training_summary', 'train_classifier', 'with_student',
-           'student_training_headline', 'plot_training_curves', 'train_from_params']
+           'STEP_COLUMNS', 'STUDENT_KEYS', 'TUNABLE', 'DEFAULT_TUNE_SPACE', 'TrainingDataParams', 'OptimizerParams',
+           'LossParams', 'BestEpochParams', 'SpeedParams', 'DistillationParams', 'StudentParams', 'TuneParams',
+           'TrainingParams', 'check_training_params', 'resolve_device', 'use_bf16', 'world_size', 'is_main_process',
+           'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func', 'model_config',
+           'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
+           'load_training_splits', 'transfer_rows', 'check_teacher_data', 'with_teacher_probabilities', 'encode_split',
+           'make_collator', 'padding_fraction', 'length_grouped_batches', 'accuracy_and_macro_f1', 'compute_metrics',
+           'best_eval_index', 'eval_records', 'KeepBestCallback', 'EpochLogCallback', 'latest_complete_checkpoint',
+           'checkpoint_to_resume', 'check_train_dir', 'prepare_train_dir', 'training_arguments', 'step_rows',
+           'history_frame', 'publish_best_model', 'stage_paths', 'student_params', 'training_rows', 'build_trainer',
+           'training_summary', 'train_classifier', 'with_student', 'student_training_headline', 'plot_training_curves',
+           'check_tune_space', 'suggest', 'trial_arguments', 'trials_frame', 'plot_trials', 'best_params_document',
+           'trial_model', 'search_hyperparameters', 'with_best_params', 'search_headline', 'train_from_params']
 
 # %% ../nbs/02_training.ipynb #796279a6
 @dataclass
@@ -113,11 +115,19 @@ class StudentParams(StageParams):
     student_learning_rate: float = param(0.0, "peak AdamW learning rate of the student; 0: `learning_rate`")
     student_dir: str = param("", "folder the student goes to (a model folder like `model_dir`: predict, serve and 03 read it); empty: `<run_dir>/student`")
 
+# %% ../nbs/02_training.ipynb #f36b7ed8
+@dataclass
+class TuneParams(StageParams):
+    "A hyperparameter search before the training (Optuna through the `Trainer`), every trial scored on validation."
+    tune_trials: int = param(0, "first run this many Optuna trials over `tune_space` (each trained on the training rows, scored on validation; bad ones pruned after an epoch), then train with the best trial's values; writes `<run_dir>/tune/` (trials.csv, search.json, best_params.yaml) and the figure `tune_trials`; 0: no search")
+    tune_space: dict = param({}, "the search space: stage-02 names (`learning_rate`, `weight_decay`, `warmup_ratio`, `n_epochs`, `batch_size`, `dropout_rate`) each with `{low, high}` (and `log: true`) or a list of choices; `{}`: learning_rate 2e-5..3e-4 (log), warmup_ratio 0..0.2, n_epochs [1, 2, 3]")
+    tune_max_train_rows: int = param(0, "train each trial on the first this-many training rows (0: as `max_train_rows`); the final training uses `max_train_rows`")
+
 # %% ../nbs/02_training.ipynb #9754edc6
 METRIC_ALIASES = {"f1_macro": "macro_f1"}   # the name 02 used before one vocabulary for every stage
 
 @dataclass
-class TrainingParams(StudentParams, DistillationParams, SpeedParams, BestEpochParams, LossParams, OptimizerParams, TrainingDataParams):
+class TrainingParams(TuneParams, StudentParams, DistillationParams, SpeedParams, BestEpochParams, LossParams, OptimizerParams, TrainingDataParams):
     "The parameters of stage 02: the groups above, in that order (the README's `### 02 training` table)."
     def __post_init__(self):
         "Metric names as stage 03 and the push conditions spell them (`f1_macro` is an accepted alias of `macro_f1`)."
@@ -158,7 +168,9 @@ def check_training_params(p: TrainingParams) -> None:
              ("student_layers", p.student_layers == 0 or isinstance(p.student_layers, list) or p.student_layers > 0, "must be 0 (no student), a number of blocks or a list of block indices"),
              ("student_n_epochs", p.student_n_epochs >= 0, "must be >= 0 (0: n_epochs)"),
              ("student_learning_rate", p.student_learning_rate >= 0, "must be >= 0 (0: learning_rate)"),
-             ("student_dir", "://" not in p.student_dir, "must be a local folder: training writes the student there")]
+             ("student_dir", "://" not in p.student_dir, "must be a local folder: training writes the student there"),
+             ("tune_trials", p.tune_trials >= 0, "must be >= 0 (0: no search)"),
+             ("tune_max_train_rows", p.tune_max_train_rows >= 0, "must be >= 0 (0: as max_train_rows)")]
     for name, ok, expected in rules:
         if not ok: raise ValueError(f"training parameter {name}={getattr(p, name)!r} {expected}")
 
@@ -698,12 +710,179 @@ def plot_training_curves(history: pd.DataFrame, steps: list[dict] | None = None)
     fig.tight_layout()
     return fig
 
+# %% ../nbs/02_training.ipynb #48eff8ee
+TUNABLE = {"learning_rate": "learning_rate", "weight_decay": "weight_decay", "warmup_ratio": "warmup_steps",
+           "n_epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size", "dropout_rate": None}  # 02 name -> TrainingArguments field (None: the model's)
+DEFAULT_TUNE_SPACE = {"learning_rate": {"low": 2e-5, "high": 3e-4, "log": True}, "warmup_ratio": {"low": 0.0, "high": 0.2},
+                      "n_epochs": [1, 2, 3]}
+
+def _number_text(v):
+    "A number written as text (`'1e-5'`) as the number; anything else unchanged."
+    if not isinstance(v, str): return v
+    try: return int(v) if v.strip().lstrip("+-").isdigit() else float(v)
+    except ValueError: return v
+
+def _range_problem(name: str, spec: dict, kind: str) -> str | None:
+    "What is wrong with a `{low, high, log}` range of a parameter of type `kind`, None when nothing."
+    if set(spec) - {"low", "high", "log"}: return f"'{name}' has key(s) {sorted(set(spec) - {'low', 'high', 'log'})}: give low and high (and log) or a list of choices"
+    low, high = spec.get("low"), spec.get("high")
+    number = (int,) if kind == "int" else (int, float)
+    if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)):
+        return f"'{name}' needs numbers low and high{' (whole numbers)' if kind == 'int' else ''}, got low={low!r} high={high!r}"
+    if not all(math.isfinite(v) for v in (low, high)): return f"'{name}' needs finite low and high, got low={low!r} high={high!r}"
+    if low >= high: return f"'{name}': low {low!r} must be below high {high!r}"
+    if spec.get("log") and low <= 0: return f"'{name}': a log range needs low > 0"
+    return None
+
+def check_tune_space(space: dict | None, p: TrainingParams | None = None) -> dict:
+    "The search space as name -> `{'choices': [...]}` or `{'low', 'high', 'log'}` (`{}`: `DEFAULT_TUNE_SPACE`); raise one error naming every bad entry, bounds and choices checked as stage-02 values."
+    from sentiment_nb.pipeline import convert_value
+    p, types, out, problems = p or TrainingParams(), TrainingParams.types(), {}, []
+    for name, spec in (space or DEFAULT_TUNE_SPACE).items():
+        if name not in TUNABLE:
+            problems.append(f"'{name}' cannot be searched (searchable: {', '.join(TUNABLE)})"); continue
+        spec = {"choices": spec} if isinstance(spec, list) else spec
+        if not isinstance(spec, dict):
+            problems.append(f"'{name}': {spec!r} is neither a list of choices nor {{low, high}}"); continue
+        if "choices" in spec:
+            bad = set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]
+            problem = f"'{name}': choices must be a non-empty list, alone" if bad else None
+            values = [] if bad else spec["choices"]
+        else:                                                          # YAML reads 1e-5 (no dot) as text: numbers written so count
+            spec = {k: _number_text(v) if k in ("low", "high") else v for k, v in spec.items()}
+            problem, values = _range_problem(name, spec, types[name].kind), [spec.get("low"), spec.get("high")]
+        try:
+            for v in values if problem is None else []:
+                check_training_params(dataclasses.replace(p, **{name: convert_value(v, types[name], name, exact=False)}))
+        except ValueError as e: problem = f"'{name}': {e}"
+        if problem: problems.append(problem)
+        else: out[name] = dict(spec) if "choices" in spec else {"low": spec["low"], "high": spec["high"], "log": bool(spec.get("log", False))}
+    if problems: raise ValueError("tune_space: " + "; ".join(problems))
+    return out
+
+def suggest(trial, space: dict) -> dict:
+    "One value per searched parameter, drawn by the Optuna `trial` (stage-02 names)."
+    types, out = TrainingParams.types(), {}
+    for name, spec in space.items():
+        if "choices" in spec: out[name] = trial.suggest_categorical(name, spec["choices"])
+        elif types[name].kind == "int": out[name] = trial.suggest_int(name, spec["low"], spec["high"], log=spec["log"])
+        else: out[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=spec["log"])
+    return out
+
+def trial_arguments(trial, space: dict) -> dict:
+    "The `TrainingArguments` fields a trial sets (the `hp_space` of `Trainer.hyperparameter_search`); `dropout_rate` goes to the model instead."
+    return {TUNABLE[n]: float(v) if TUNABLE[n] == "warmup_steps" else v for n, v in suggest(trial, space).items() if TUNABLE[n]}
+
+
+# %% ../nbs/02_training.ipynb #ebf7a835
+def trials_frame(study, metric: str) -> pd.DataFrame:
+    "One row per trial: number, state, validation score (a pruned trial's last one), validations run, seconds, the values tried."
+    rows = []
+    for t in study.trials:
+        steps = sorted(t.intermediate_values)
+        rows.append({"trial": t.number, "state": t.state.name.lower(),
+                     f"validation_{metric}": t.value if t.value is not None else (t.intermediate_values[steps[-1]] if steps else None),
+                     "validations": len(steps), "seconds": round(t.duration.total_seconds(), 1) if t.duration else None, **t.params})
+    return pd.DataFrame(rows)
+
+def plot_trials(trials: pd.DataFrame, metric: str, greater: bool = True):
+    "Two panels: each trial's validation score with the best so far (pruned trials as x), and the score against the first searched parameter."
+    import matplotlib.pyplot as plt
+    col = f"validation_{metric}"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    done, pruned = trials[trials["state"] == "complete"], trials[trials["state"] == "pruned"]
+    ax1.plot(done["trial"], done[col], "o", label="completed")
+    if len(pruned): ax1.plot(pruned["trial"], pruned[col], "x", color="C3", label="pruned (last validation)")
+    best = done[col].cummax() if greater else done[col].cummin()
+    ax1.step(done["trial"], best, where="post", color="C2", label="best so far")
+    ax1.set(title=f"validation {metric} per trial", xlabel="trial", ylabel=metric); ax1.legend(fontsize=8)
+    ax1.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    params = [c for c in trials.columns if c in TUNABLE]
+    if params:
+        x, hue = params[0], next((c for c in params[1:] if done[c].dtype.kind in "if"), None)
+        dots = ax2.scatter(done[x], done[col], **({"c": done[hue], "cmap": "viridis"} if hue else {}))
+        if hue: fig.colorbar(dots, ax=ax2, label=hue)
+        if len(pruned): ax2.plot(pruned[x], pruned[col], "x", color="C3")
+        if x == "learning_rate": ax2.set_xscale("log")
+        ax2.set(title=f"validation {metric} against {x}", xlabel=x, ylabel=metric)
+    fig.tight_layout()
+    return fig
+
+def best_params_document(base: dict, best: dict, header: str) -> str:
+    "A parameters file `sentiment-nb run -f` reads: `base` with the best trial's values and the search turned off."
+    import yaml
+    return header + yaml.safe_dump({**base, **best, "tune_trials": 0}, sort_keys=False, allow_unicode=True)
+
+
+# %% ../nbs/02_training.ipynb #0564d550
+def trial_model(p: TrainingParams, id2label: dict[int, str], space: dict, trial=None):
+    "A fresh model for one trial (the `model_init` of the search, called before `hp_space`): the trial's `dropout_rate` where it searches it (Optuna gives a trial the same value for a name each time it asks)."
+    dropout = suggest(trial, space).get("dropout_rate", p.dropout_rate) if trial is not None else p.dropout_rate
+    model, _ = load_model_and_tokenizer(p.model_name, p.tokenizer_name, id2label, dropout, p.pooling)
+    freeze_for_training(model, p.freeze_backbone, p.trainable_last_layers, p.freeze_embeddings)
+    return model
+
+def search_hyperparameters(p: TrainingParams) -> dict:
+    "Run `tune_trials` Optuna trials (TPE, median pruning) through `Trainer.hyperparameter_search` on the training rows, scored on validation; write `<run_dir>/tune/`; return what the search found."
+    import optuna
+    from transformers.trainer_utils import SaveStrategy
+    space = check_tune_space(p.tune_space, p)
+    if world_size() > 1: raise ValueError("tune_trials runs in one process: start the search without torchrun")
+    run, _, _ = stage_paths(p)
+    out = run / "tune"
+    tp = dataclasses.replace(p, max_train_rows=p.tune_max_train_rows or p.max_train_rows, train_dir=str(out / "trials"),
+                             resume_from_checkpoint=False, student_layers=0, early_stopping_patience=0)
+    trainer, ctx = build_trainer(tp)
+    trainer.model_init = lambda trial=None: trial_model(tp, ctx["id2label"], space, trial)
+    trainer.remove_callback(KeepBestCallback)                        # trials keep no checkpoints: only their scores count
+    trainer.args.save_strategy = SaveStrategy.NO
+    greater, metric = BEST_METRICS[p.metric_for_best_model], p.metric_for_best_model
+    storage, started = optuna.storages.InMemoryStorage(), time.time()
+    trainer.hyperparameter_search(hp_space=lambda trial: trial_arguments(trial, space),
+                                  compute_objective=lambda metrics: metrics[f"eval_{metric}"], n_trials=p.tune_trials,
+                                  direction="maximize" if greater else "minimize", backend="optuna", study_name="tune",
+                                  storage=storage, sampler=optuna.samplers.TPESampler(seed=p.seed),
+                                  pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    study = optuna.load_study(study_name="tune", storage=storage)
+    trials = trials_frame(study, metric)
+    if not (trials["state"] == "complete").any(): raise RuntimeError(f"no trial of {len(trials)} completed:\n{trials}")
+    shutil.rmtree(out / "trials", ignore_errors=True)
+    best = study.best_trial
+    record = {"trials": len(trials), "completed": int((trials["state"] == "complete").sum()),
+              "pruned": int((trials["state"] == "pruned").sum()), "metric": metric, "best_trial": best.number,
+              "best_value": best.value, "best_params": best.params, "space": space, "n_train": ctx["n_train"],
+              "n_validation": ctx["n_eval"], "seconds": round(time.time() - started, 1), "dir": str(out)}
+    out.mkdir(parents=True, exist_ok=True)
+    trials.to_csv(out / "trials.csv", index=False)
+    write_json(out / "search.json", record)
+    manifest = run / "manifest.json"                                   # a pipeline run: the whole run's parameters
+    base = read_json(manifest)["params"] if manifest.exists() else p.as_dict(without=("run_dir",))
+    header = (f"# The best of {len(trials)} Optuna trials of stage 02 (trial {best.number}: validation {metric} {best.value:.4f},"
+              f" {ctx['n_train']} training rows per trial), run {run.name}.\n# Run it: sentiment-nb run -f {out / 'best_params.yaml'}\n")
+    (out / "best_params.yaml").write_text(best_params_document(base, best.params, header), encoding="utf-8")
+    return {**record, "table": trials}
+
+def with_best_params(p: TrainingParams, search: dict | None) -> TrainingParams:
+    "The parameters with the search's best values (unchanged without a search)."
+    return dataclasses.replace(p, **search["best_params"]) if search else p
+
+def search_headline(search: dict | None) -> dict:
+    "The stage summary's lines about the search (none without one)."
+    if not search: return {}
+    return {"search": f"{search['trials']} trials ({search['completed']} completed, {search['pruned']} pruned), {search['seconds']:.0f} s",
+            f"best trial (validation {search['metric']})": f"{search['best_trial']}: {search['best_value']:.4f}",
+            "best values": ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in search["best_params"].items()),
+            "best parameters file": str(Path(search["dir"]) / "best_params.yaml")}
+
+
 # %% ../nbs/02_training.ipynb #0124a7cf
 def train_from_params(params: dict) -> dict:
-    "Run the stage from a mapping of parameters (unknown names are ignored); print where the model went."
+    "Run the stage from a mapping of parameters (unknown names are ignored): the search first with `tune_trials`; print where the model went."
     use_offline_hub()
     p = TrainingParams.from_mapping(params)
-    summary, _ = train_classifier(p)
+    search = search_hyperparameters(p) if p.tune_trials else None
+    if search: print(f"best of {search['trials']} trials: {search['best_params']} -> {search['dir']}/best_params.yaml")
+    summary, _ = train_classifier(with_best_params(p, search))
     if summary:
         print(f"best model (epoch {summary['best_epoch']}, validation {summary['best_metric']['name']} "
               f"{summary['best_metric']['value']:.4f}) -> {stage_paths(p)[2]}")
