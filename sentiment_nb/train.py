@@ -31,7 +31,8 @@ __all__ = ['METRIC_ALIASES', 'LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_
            'history_frame', 'publish_best_model', 'stage_paths', 'student_params', 'training_rows', 'build_trainer',
            'training_summary', 'train_classifier', 'with_student', 'student_training_headline', 'plot_training_curves',
            'check_tune_space', 'suggest', 'trial_arguments', 'trials_frame', 'plot_trials', 'best_params_document',
-           'trial_model', 'search_hyperparameters', 'with_best_params', 'search_headline', 'train_from_params']
+           'trial_model', 'search_hyperparameters', 'with_best_params', 'values_text', 'search_headline',
+           'train_from_params']
 
 # %% ../nbs/02_training.ipynb #796279a6
 @dataclass
@@ -838,7 +839,10 @@ def search_hyperparameters(p: TrainingParams) -> dict:
     trainer.args.save_strategy = SaveStrategy.NO
     greater, metric = BEST_METRICS[p.metric_for_best_model], p.metric_for_best_model
     storage, started = optuna.storages.InMemoryStorage(), time.time()
-    trainer.hyperparameter_search(hp_space=lambda trial: trial_arguments(trial, space),
+    def hp_space(trial):                                                # the trial's values, announced above its epoch lines
+        print(f"trial {trial.number}: {values_text(suggest(trial, space))}", flush=True)
+        return trial_arguments(trial, space)
+    trainer.hyperparameter_search(hp_space=hp_space,
                                   compute_objective=lambda metrics: metrics[f"eval_{metric}"], n_trials=p.tune_trials,
                                   direction="maximize" if greater else "minimize", backend="optuna", study_name="tune",
                                   storage=storage, sampler=optuna.samplers.TPESampler(seed=p.seed),
@@ -866,12 +870,16 @@ def with_best_params(p: TrainingParams, search: dict | None) -> TrainingParams:
     "The parameters with the search's best values (unchanged without a search)."
     return dataclasses.replace(p, **search["best_params"]) if search else p
 
+def values_text(values: dict) -> str:
+    "Parameter values as one short line: `learning_rate 3.12e-05, n_epochs 2`."
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+
 def search_headline(search: dict | None) -> dict:
     "The stage summary's lines about the search (none without one)."
     if not search: return {}
     return {"search": f"{search['trials']} trials ({search['completed']} completed, {search['pruned']} pruned), {search['seconds']:.0f} s",
             f"best trial (validation {search['metric']})": f"{search['best_trial']}: {search['best_value']:.4f}",
-            "best values": ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in search["best_params"].items()),
+            "best values": values_text(search["best_params"]),
             "best parameters file": str(Path(search["dir"]) / "best_params.yaml")}
 
 
