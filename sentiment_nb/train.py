@@ -717,11 +717,11 @@ TUNABLE = {"learning_rate": "learning_rate", "weight_decay": "weight_decay", "wa
 DEFAULT_TUNE_SPACE = {"learning_rate": {"low": 2e-5, "high": 3e-4, "log": True}, "warmup_ratio": {"low": 0.0, "high": 0.2},
                       "n_epochs": [1, 2, 3]}
 
-def _number_text(v):
-    "A number written as text (`'1e-5'`) as the number; anything else unchanged."
-    if not isinstance(v, str): return v
-    try: return int(v) if v.strip().lstrip("+-").isdigit() else float(v)
-    except ValueError: return v
+def _as_declared(value, t, name: str):
+    "`value` converted to the parameter's declared type as the pipeline converts parameters; unchanged where it cannot be (the range check then names it)."
+    from sentiment_nb.pipeline import convert_value
+    try: return convert_value(value, t, name, exact=False)
+    except ValueError: return value
 
 def _range_problem(name: str, spec: dict, kind: str) -> str | None:
     "What is wrong with a `{low, high, log}` range of a parameter of type `kind`, None when nothing."
@@ -749,8 +749,8 @@ def check_tune_space(space: dict | None, p: TrainingParams | None = None) -> dic
             bad = set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]
             problem = f"'{name}': choices must be a non-empty list, alone" if bad else None
             values = [] if bad else spec["choices"]
-        else:                                                          # YAML reads 1e-5 (no dot) as text: numbers written so count
-            spec = {k: _number_text(v) if k in ("low", "high") else v for k, v in spec.items()}
+        else:                                                          # YAML reads 1e-5 (no dot) as text: convert as every parameter is
+            spec = {k: _as_declared(v, types[name], name) if k in ("low", "high") else v for k, v in spec.items()}
             problem, values = _range_problem(name, spec, types[name].kind), [spec.get("low"), spec.get("high")]
         try:
             for v in values if problem is None else []:
