@@ -50,6 +50,16 @@ def session_processes(sid: int) -> list[psutil.Process]:
     return out
 
 
+def scorer_processes() -> list[psutil.Process]:
+    "Live block-scoring actors of the in-process cluster (Ray titles them `ray::MapWorker(MapBatches(BlockScorer))`)."
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "BlockScorer" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE: out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied): pass
+    return out
+
+
 @pytest.fixture(scope="module")
 def cluster(s3):
     "A Ray of 2 CPUs on 127.0.0.1 in this process, its workers seeing the local S3 server; stopped, with every process it started."
@@ -185,7 +195,11 @@ def test_a_killed_job_reruns_to_completion_without_duplicates(cluster, untrained
     deadline = time.time() + 600
     while time.time() < deadline and len(list(out.glob("*.parquet"))) < 2 and job.poll() is None: time.sleep(0.2)
     assert job.poll() is None, f"the job ended before it was killed: {job.stderr.read().decode()[-2000:]}"
+    assert scorer_processes(), "no scoring actor seen in the cluster while the job runs"
     os.killpg(job.pid, signal.SIGKILL); job.wait()
+    deadline = time.time() + 60          # its actor lives in the cluster and may finish a block before Ray reaps it
+    while scorer_processes() and time.time() < deadline: time.sleep(0.2)
+    assert not scorer_processes(), "the killed job's actor is still alive after 60 s"
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
     assert 2 <= len(before) < 20 and not (out / "_SUCCESS").exists()
 
