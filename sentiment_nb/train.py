@@ -26,7 +26,8 @@ __all__ = ['METRIC_ALIASES', 'LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_
            'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
            'load_training_splits', 'transfer_rows', 'check_teacher_data', 'with_teacher_probabilities', 'encode_split',
            'make_collator', 'padding_fraction', 'length_grouped_batches', 'accuracy_and_macro_f1', 'compute_metrics',
-           'best_eval_index', 'eval_records', 'KeepBestCallback', 'EpochLogCallback', 'latest_complete_checkpoint',
+           'best_eval_index', 'eval_records', 'KeepBestCallback', 'EpochLogCallback', 'average_weights',
+           'WeightAverageCallback', 'keep_weight_average', 'weight_average_headline', 'latest_complete_checkpoint',
            'checkpoint_to_resume', 'check_train_dir', 'prepare_train_dir', 'training_arguments', 'step_rows',
            'history_frame', 'publish_best_model', 'stage_paths', 'student_params', 'training_rows', 'build_trainer',
            'training_summary', 'train_classifier', 'with_student', 'student_training_headline', 'plot_training_curves',
@@ -76,6 +77,7 @@ class BestEpochParams(StageParams):
     "Which epoch is kept, where checkpoints and the model go, and resuming."
     early_stopping_patience: int = param(0, "stop after this many epochs without a better validation metric (0: never)")
     metric_for_best_model: str = param("macro_f1", "validation metric that picks the saved epoch: `macro_f1` (`f1_macro` is an accepted alias), `accuracy`, `loss`")
+    average_last_epochs: int = param(0, "average the weights of the last this many validations (SWA-style, >= 2) and keep the average where it beats the best epoch on validation (0: off)")
     checkpoint_steps: int = param(0, "save a resumable checkpoint every this many steps (0: at each epoch end)")
     train_dir: str = param("", "checkpoint folder; empty: `<run_dir>/train`")
     clean_train_dir_before_training: bool = param(True, "delete earlier checkpoints first (only in a folder this stage made; never when resuming)")
@@ -154,6 +156,7 @@ def check_training_params(p: TrainingParams) -> None:
              ("model_dir", "://" not in p.model_dir, "must be a local folder: training writes the model there (03 and 04 also read s3:// locations)"),
              ("focal_gamma", p.focal_gamma >= 0, "must be >= 0"),
              ("early_stopping_patience", p.early_stopping_patience >= 0, "must be >= 0 (0: never stop early)"),
+             ("average_last_epochs", p.average_last_epochs == 0 or p.average_last_epochs >= 2, "must be 0 (off) or >= 2 (an average of one epoch is that epoch)"),
              ("checkpoint_steps", p.checkpoint_steps >= 0, "must be >= 0 (0: at each epoch end)"),
              ("num_threads", p.num_threads >= 0, "must be >= 0 (0: automatic)"),
              ("lr_scheduler", p.lr_scheduler in LR_SCHEDULES, f"must be one of {list(LR_SCHEDULES)}"),
@@ -465,6 +468,50 @@ class EpochLogCallback(TrainerCallback):
               f"accuracy {metrics['eval_accuracy']:.4f} · macro F1 {metrics['eval_macro_f1']:.4f} · "
               f"{speed:.1f} samples/s", flush=True)
 
+# %% ../nbs/02_training.ipynb #2a73c83d
+from collections import deque
+
+def average_weights(states: list[dict]) -> dict:
+    "The element-wise mean of state dicts' floating tensors; other tensors (integer buffers) from the last."
+    out = {}
+    for k, last in states[-1].items():
+        out[k] = torch.stack([s[k].float() for s in states]).mean(0).to(last.dtype) if last.is_floating_point() else last.clone()
+    return out
+
+class WeightAverageCallback(TrainerCallback):
+    "Keep CPU copies of the weights at the last `n` validations (nothing with n = 0)."
+    def __init__(self, n: int = 0):
+        self.n, self.states, self.epochs = n, deque(maxlen=max(n, 1)), deque(maxlen=max(n, 1))
+
+    def on_evaluate(self, args, state, control, model=None, **kw):
+        if self.n:
+            self.states.append({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+            self.epochs.append(round(float(state.epoch), 4))
+
+def keep_weight_average(trainer, best_dir: Path, p) -> dict | None:
+    "Score the average of the last `average_last_epochs` validations' weights; where it beats the best epoch, it becomes `best_dir`. Returns what was done (None when off)."
+    cb = next((c for c in trainer.callback_handler.callbacks if isinstance(c, WeightAverageCallback)), None)
+    if not p.average_last_epochs or cb is None: return None
+    if len(cb.states) < 2: return {"epochs": list(cb.epochs), "kept": False, "why": "fewer than 2 validations to average"}
+    trainer.model.load_state_dict(average_weights(list(cb.states)))
+    metrics = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval").metrics
+    key, greater = f"eval_{p.metric_for_best_model}", BEST_METRICS[p.metric_for_best_model]
+    best = read_json(best_dir / "best_eval.json")
+    kept = bool(metrics[key] > best[key] if greater else metrics[key] < best[key])
+    if kept and trainer.is_world_process_zero():
+        trainer.model.save_pretrained(best_dir)
+        write_json(best_dir / "best_eval.json", {**best, **{k: metrics[k] for k in ("eval_loss", "eval_accuracy", "eval_macro_f1")},
+                                                 "averaged_epochs": list(cb.epochs)})
+    return {"epochs": list(cb.epochs), "kept": kept, "best_epoch_validation": {k.removeprefix("eval_"): best[k] for k in ("eval_loss", "eval_accuracy", "eval_macro_f1")},
+            "validation": {k.removeprefix("eval_"): metrics[k] for k in ("eval_loss", "eval_accuracy", "eval_macro_f1")}}
+
+def weight_average_headline(summary: dict) -> dict:
+    "The stage summary's line about the weight average (none when off)."
+    a = summary.get("weight_average")
+    if not a or "validation" not in a: return {}
+    return {"weight average": f"epochs {a['epochs']}: validation accuracy {a['validation']['accuracy']:.4f} against the best epoch's "
+                              f"{a['best_epoch_validation']['accuracy']:.4f}: {'kept' if a['kept'] else 'not kept'}"}
+
 # %% ../nbs/02_training.ipynb #3d8e9ad1
 TRAIN_DIR_MARKER = ".sentiment_nb_train_dir"
 
@@ -619,7 +666,7 @@ def build_trainer(p: TrainingParams, keep_layers: int | list[int] | None = None)
                       compute_loss_func=make_loss_func(p.loss, p.focal_gamma, weights, p.distill_alpha,
                                                        p.distill_temperature), compute_metrics=compute_metrics,
                       callbacks=[KeepBestCallback(train_dir / "best", p.metric_for_best_model, p.early_stopping_patience),
-                                 log_cb])
+                                 log_cb, WeightAverageCallback(p.average_last_epochs)])
     trainer.remove_callback(PrinterCallback)                          # the epoch line replaces its raw dicts
     ctx = dict(device=device, bf16=bf16, threads=threads, id2label=id2label, class_weights=weights, data_hash=data_hash,
                parameters=counts, resume=resume, run_dir=run, train_dir=train_dir, model_dir=model_dir,
@@ -659,10 +706,11 @@ def train_classifier(p: TrainingParams, keep_layers: int | list[int] | None = No
     if not eval_records(trainer.state.log_history): trainer.evaluate()   # a run shorter than one epoch
     history = history_frame(trainer.state.log_history)
     best_dir = ctx["train_dir"] / "best"
+    average = keep_weight_average(trainer, best_dir, p)
     summary = {}
     if is_main_process():
         best = read_json(best_dir / "best_eval.json")
-        summary = training_summary(p, ctx, history, best, time.time() - started)
+        summary = {**training_summary(p, ctx, history, best, time.time() - started), "weight_average": average}
         publish_best_model(best_dir, ctx["model_dir"], ctx["tokenizer"], summary)
         if not p.keep_checkpoints: shutil.rmtree(ctx["train_dir"], ignore_errors=True)
     if world_size() > 1 and torch.distributed.is_initialized(): torch.distributed.barrier()
@@ -836,6 +884,7 @@ def search_hyperparameters(p: TrainingParams) -> dict:
     trainer, ctx = build_trainer(tp)
     trainer.model_init = lambda trial=None: trial_model(tp, ctx["id2label"], space, trial)
     trainer.remove_callback(KeepBestCallback)                        # trials keep no checkpoints: only their scores count
+    trainer.remove_callback(WeightAverageCallback)
     trainer.args.save_strategy = SaveStrategy.NO
     greater, metric = BEST_METRICS[p.metric_for_best_model], p.metric_for_best_model
     storage, started = optuna.storages.InMemoryStorage(), time.time()

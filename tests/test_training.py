@@ -86,6 +86,29 @@ def test_same_seed_same_metrics(splits_dir, tmp_path):
     assert other["train_loss"].iloc[0] != runs[0]["train_loss"].iloc[0], "the seed changes nothing"
 
 
+def test_average_last_epochs_scores_the_average_and_keeps_it_only_if_better(splits_dir, tmp_path):
+    import json
+    from safetensors.torch import load_file
+    from sentiment_nb.train import train_classifier
+    kw = dict(max_train_rows=48, n_epochs=3, seed=3)
+    plain, hist = train_classifier(tiny_params(splits_dir, tmp_path / "plain", **kw))
+    summary, hist2 = train_classifier(tiny_params(splits_dir, tmp_path / "avg", average_last_epochs=3, **kw))
+    cols = ["train_loss", "validation_loss", "validation_accuracy"]
+    assert hist[cols].to_dict("records") == hist2[cols].to_dict("records"), "the callback changed the training"
+    assert plain["weight_average"] is None
+    avg = summary["weight_average"]
+    assert avg["epochs"] == [1.0, 2.0, 3.0]
+    assert avg["validation"]["loss"] not in set(hist["validation_loss"]), "the average scored like one of its epochs"
+    assert avg["best_epoch_validation"] == plain["best_validation"]
+    better = avg["validation"]["accuracy"] > plain["best_validation"]["accuracy"]
+    assert avg["kept"] == better
+    assert summary["best_validation"] == (avg["validation"] if better else plain["best_validation"])
+    # the weights kept are the best epoch's (the plain run's, bit for bit: same seed) unless the average won
+    kept, same = load_file(tmp_path / "avg" / "model" / "model.safetensors"), load_file(tmp_path / "plain" / "model" / "model.safetensors")
+    assert all(kept[k].equal(same[k]) for k in kept) != better
+    assert json.loads((tmp_path / "avg" / "model" / "training_summary.json").read_text())["weight_average"]["kept"] == better
+
+
 BAD_INPUTS = [
     (dict(model_name="/no/such/model"), "cannot load model '/no/such/model'"),
     (dict(batch_size=0), "batch_size=0 must be >= 1"),
@@ -95,6 +118,7 @@ BAD_INPUTS = [
     (dict(freeze_backbone=True, trainable_last_layers=7), "has only 6 transformer blocks"),
     (dict(class_weights=[1.0, 2.0, 3.0]), "must hold 2 positive numbers"),
     (dict(resume_from_checkpoint=True), "holds no complete checkpoint"),
+    (dict(average_last_epochs=1), "average_last_epochs=1 must be 0 (off) or >= 2"),
 ]
 
 
