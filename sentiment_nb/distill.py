@@ -15,8 +15,9 @@ log = logging.getLogger("sentiment_nb.distill")
 
 # %% auto #0
 __all__ = ['log', 'OOD_ROWS', 'OOD_SEED', 'TRANSFER_SOURCES', 'binary_tweets', 'split_ood_tweets', 'rt_plot_texts',
-           'transfer_texts', 'near_duplicate_key', 'drop_near_duplicates', 'cache_root', 'texts_digest',
-           'teacher_probabilities', 'soften', 'distillation_loss', 'student_layer_indices', 'shrink_encoder']
+           'transfer_texts', 'augment_texts', 'near_duplicate_key', 'drop_near_duplicates', 'cache_root',
+           'texts_digest', 'teacher_probabilities', 'soften', 'distillation_loss', 'student_layer_indices',
+           'shrink_encoder']
 
 # %% ../nbs/15_distill.ipynb #6e734e44
 OOD_ROWS, OOD_SEED = 2000, 0
@@ -60,6 +61,27 @@ def transfer_texts(source: str, max_rows: int = 0, seed: int = 0) -> list[str]:
     if max_rows and len(texts) > max_rows:
         texts = [texts[i] for i in sorted(np.random.default_rng(seed).choice(len(texts), max_rows, replace=False))]
     return texts
+
+# %% ../nbs/15_distill.ipynb #b3d81f4e
+def augment_texts(texts: Sequence[str], copies: int, seed: int = 0, p_span: float = 0.25, min_span: int = 2,
+                  p_drop: float = 0.1, p_swap: float = 0.1) -> list[str]:
+    "`copies` seeded variants of each text (a random span, or words dropped / swapped for training-vocabulary words)."
+    rng = np.random.default_rng(seed)
+    split = [str(t).split() for t in texts]
+    vocab = sorted({w for ws in split for w in ws})
+    out = []
+    for _ in range(copies):
+        for ws in split:
+            if len(ws) < 2: continue
+            if rng.random() < p_span:
+                n = int(rng.integers(min(min_span, len(ws) - 1), len(ws)))      # shorter than the text
+                start = int(rng.integers(0, len(ws) - n + 1))
+                new = ws[start:start + n]
+            else:
+                r = rng.random(len(ws))
+                new = [vocab[int(rng.integers(len(vocab)))] if x < p_swap else w for w, x in zip(ws, r) if not p_swap <= x < p_swap + p_drop]
+            if new and new != ws: out.append(" ".join(new))
+    return out
 
 # %% ../nbs/15_distill.ipynb #5537f006
 def near_duplicate_key(text: str) -> str:

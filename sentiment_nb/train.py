@@ -108,6 +108,7 @@ class DistillationParams(StageParams):
     distill_temperature: float = param(2.0, "softmax temperature T of teacher and student in the soft loss")
     transfer_data: list[str] = param([], "unlabeled texts the teacher labels for the student: `rt_plot` (the 1,097 plot rows of the RT file), `tweets` (binary tweets outside the out-of-domain slice), or table files with a `text` column; near-duplicates of validation, test and training texts are dropped first")
     max_transfer_rows: int = param(0, "a fixed sample of at most this many texts per transfer source (0: all)")
+    augment_copies: int = param(0, "add this many seeded variants of each training text to the transfer set (a random span of its words, or words dropped or swapped for training-vocabulary words: `distill.augment_texts`); in-domain text the teacher labels, variants near-duplicating a validation, test or training text dropped; 0: none")
 
 # %% ../nbs/02_training.ipynb #c61b6112
 @dataclass
@@ -168,6 +169,8 @@ def check_training_params(p: TrainingParams) -> None:
              ("distill_alpha", 0 <= p.distill_alpha <= 1, "must be in [0, 1]"),
              ("distill_temperature", p.distill_temperature > 0, "must be > 0"),
              ("max_transfer_rows", p.max_transfer_rows >= 0, "must be >= 0 (0: all rows)"),
+             ("augment_copies", p.augment_copies >= 0, "must be >= 0 (0: no augmented text)"),
+             ("augment_copies", not p.augment_copies or bool(p.teacher_model or p.student_layers), "needs a teacher_model or student_layers (the trained model labels the variants for its student)"),
              ("transfer_data", not p.transfer_data or bool(p.teacher_model or p.student_layers), "needs a teacher_model or student_layers (the trained model labels it for its student)"),
              ("student_layers", p.student_layers == 0 or isinstance(p.student_layers, list) or p.student_layers > 0, "must be 0 (no student), a number of blocks or a list of block indices"),
              ("student_n_epochs", p.student_n_epochs >= 0, "must be >= 0 (0: n_epochs)"),
@@ -336,10 +339,11 @@ def load_training_splits(processed_dir: str | Path, max_train_rows: int = 0, max
 
 # %% ../nbs/02_training.ipynb #8c053ed4
 def transfer_rows(p: TrainingParams, train: pd.DataFrame, protected: Sequence[Sequence[str]]) -> tuple[list[str], int]:
-    "The cleaned transfer texts of `p.transfer_data` without near-duplicates of training or `protected` texts, and the count dropped."
+    "The cleaned transfer texts of `p.transfer_data` and `p.augment_copies` variants of the training texts, without near-duplicates of training or `protected` texts, and the count dropped."
     from sentiment_nb.data import normalise_text
-    from sentiment_nb.distill import drop_near_duplicates, transfer_texts
+    from sentiment_nb.distill import augment_texts, drop_near_duplicates, transfer_texts
     texts = [normalise_text(t) for src in p.transfer_data for t in transfer_texts(src, p.max_transfer_rows, seed=0)]
+    texts += [normalise_text(t) for t in augment_texts(train["text"].tolist(), p.augment_copies, seed=0)]
     return drop_near_duplicates(texts, train["text"].tolist(), *protected)
 
 def check_teacher_data(teacher_dir: Path, data_hash: str | None) -> str | None:
