@@ -14,24 +14,25 @@ from .core import (ensure_run_dir, git_commit, new_run_id, package_versions, pro
                                resolve_path, use_offline_hub, write_json)
 
 # %% auto #0
-__all__ = ['STAGE_PATTERN', 'ON_REQUEST_STAGES', 'RUN_ID_PATTERN', 'ANY', 'TYPE_NAMES', 'SCALAR_CONVERTERS', 'RUNNER_PARAMETERS',
-           'PARAMETER_ALIASES', 'STAGE_PARAMS', 'log', 'OFFLINE_TEMPLATE', 'WIDGET_VIEW', 'SPLITS_WRITER', 'INDEX_CSS',
-           'stage_notebooks', 'select_stages', 'check_run_id', 'load_params', 'parse_value', 'apply_overrides',
-           'ParamType', 'union_type', 'type_from_node', 'type_from_name', 'type_of_default', 'declared_type',
-           'ParameterTypeError', 'type_problem', 'convert_value', 'convert_parameters', 'notebook_parameters',
-           'declared_parameters', 'parameter_types', 'did_you_mean', 'alias_types', 'with_current_names',
-           'check_parameter_names', 'per_stage_parameters', 'assign_parameters', 'stage_defaults', 'checked_parameters',
-           'param', 'StageParams', 'parameters_cell_differences', 'stage_params_class', 'markdown_value',
-           'params_table', 'readme_table_span', 'write_readme_tables', 'StageFailed', 'kernel_name', 'failure_message',
-           'execute_stage', 'is_log_output', 'code_page', 'page_links', 'page_notebook', 'render_page', 'export_html',
-           'new_manifest', 'upsert_stage', 'data_hash', 'run_data_hash', 'check_loaded_splits', 'load_run_splits',
-           'SplitsLock', 'splits_dirs', 'reported_data_hash', 'hold_splits', 'check_stage_data', 'html_table',
-           'stage_links', 'stage_section', 'write_index', 'prepare_parameters', 'run_pipeline', 'execute_stages',
-           'resume_pipeline']
+__all__ = ['STAGE_PATTERN', 'ON_REQUEST_STAGES', 'REQUESTED_BY_PARAMETER', 'RUN_ID_PATTERN', 'ANY', 'TYPE_NAMES',
+           'SCALAR_CONVERTERS', 'RUNNER_PARAMETERS', 'PARAMETER_ALIASES', 'STAGE_PARAMS', 'log', 'OFFLINE_TEMPLATE',
+           'WIDGET_VIEW', 'SPLITS_WRITER', 'INDEX_CSS', 'stage_notebooks', 'select_stages', 'requested_stages',
+           'check_run_id', 'load_params', 'parse_value', 'apply_overrides', 'ParamType', 'union_type', 'type_from_node',
+           'type_from_name', 'type_of_default', 'declared_type', 'ParameterTypeError', 'type_problem', 'convert_value',
+           'convert_parameters', 'notebook_parameters', 'declared_parameters', 'parameter_types', 'did_you_mean',
+           'alias_types', 'with_current_names', 'check_parameter_names', 'per_stage_parameters', 'assign_parameters',
+           'stage_defaults', 'checked_parameters', 'param', 'StageParams', 'parameters_cell_differences',
+           'stage_params_class', 'markdown_value', 'params_table', 'readme_table_span', 'write_readme_tables',
+           'StageFailed', 'kernel_name', 'failure_message', 'execute_stage', 'is_log_output', 'code_page', 'page_links',
+           'page_notebook', 'render_page', 'export_html', 'new_manifest', 'upsert_stage', 'data_hash', 'run_data_hash',
+           'check_loaded_splits', 'load_run_splits', 'SplitsLock', 'splits_dirs', 'reported_data_hash', 'hold_splits',
+           'check_stage_data', 'html_table', 'stage_links', 'stage_section', 'write_index', 'prepare_parameters',
+           'run_pipeline', 'execute_stages', 'resume_pipeline']
 
 # %% ../nbs/12_pipeline.ipynb #e74ecb51
 STAGE_PATTERN = re.compile(r"^0\d_[\w-]+\.ipynb$")
 ON_REQUEST_STAGES = ("05_monitoring",)  # run only when --stages names them: they read a served model's log, not this run's
+REQUESTED_BY_PARAMETER = {"02_teacher": "teacher_params"}  # run only when this parameter is set (a teacher costs tens of minutes)
 
 def stage_notebooks(nbs_dir: str | Path | None = None) -> dict[str, Path]:
     "Stage name -> notebook path, in run order."
@@ -51,6 +52,12 @@ def select_stages(available: dict[str, Path], wanted: str | list[str] | None) ->
         if not hits: raise ValueError(f"no stage '{w}'; the stages are {list(available)}")
         out.update({h: available[h] for h in hits})
     return {s: p for s, p in available.items() if s in out}
+
+def requested_stages(stages: dict[str, Path], per_stage: dict[str, dict]) -> dict[str, Path]:
+    "The stages without those of REQUESTED_BY_PARAMETER whose parameter this run leaves empty."
+    skipped = [s for s in stages if s in REQUESTED_BY_PARAMETER and not per_stage.get(s, {}).get(REQUESTED_BY_PARAMETER[s])]
+    for s in skipped: logging.getLogger("sentiment_nb.pipeline").info("stage %s skipped: %s is not set", s, REQUESTED_BY_PARAMETER[s])
+    return {s: p for s, p in stages.items() if s not in skipped}
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -371,7 +378,7 @@ def parameters_cell_differences(cls: type, notebook: str | Path) -> list[str]:
 # %% ../nbs/12_pipeline.ipynb #c8f6c3e9
 # Stage -> (module, class) of its params dataclass.
 STAGE_PARAMS = {"00_eda": ("sentiment_nb.eda", "EDAParams"), "01_preprocessing": ("sentiment_nb.data", "PreprocessingParams"),
-                "02_training": ("sentiment_nb.train", "TrainingParams"), "03_evaluation": ("sentiment_nb.evaluate", "EvaluationParams"),
+                "02_teacher": ("sentiment_nb.teacher", "TeacherParams"), "02_training": ("sentiment_nb.train", "TrainingParams"), "03_evaluation": ("sentiment_nb.evaluate", "EvaluationParams"),
                 "04_demo": ("sentiment_nb.app", "DemoParams"),
                 "05_monitoring": ("sentiment_nb.drift", "MonitoringParams")}
 
@@ -393,9 +400,9 @@ def params_table(cls: type) -> str:
     return "\n".join(["| name | default | meaning |", "|---|---|---|", *rows]) + "\n"
 
 def readme_table_span(text: str, stage: str) -> tuple[int, int]:
-    "Start and end offsets of the table right under the README heading `### <NN> ...` of a stage."
-    m = re.search(rf"^### {stage[:2]} .*\n\n((?:\|.*\n)+)", text, re.M)
-    if not m: raise ValueError(f"the README has no heading '### {stage[:2]} ...' followed by a blank line and a table")
+    "Start and end offsets of the table right under the README heading `### <NN> <name> ...` of a stage (`### 02 training`)."
+    m = re.search(rf"^### {stage[:2]} {re.escape(stage[3:])}\b.*\n\n((?:\|.*\n)+)", text, re.M | re.I)
+    if not m: raise ValueError(f"the README has no heading '### {stage[:2]} {stage[3:]} ...' followed by a blank line and a table")
     return m.span(1)
 
 def write_readme_tables(readme: str | Path = "README.md", stages: list[str] | None = None) -> list[str]:
@@ -677,8 +684,8 @@ def run_pipeline(params_file: str | None = None, overrides: list[tuple[str, Any]
     if resume: return resume_pipeline(resume, reports_dir, kernel, overrides)
     if run_id is not None: check_run_id(run_id)
     every = stage_notebooks()
-    available = select_stages(every, stages)
     params, per_stage, declared = prepare_parameters(every, load_params(params_file), overrides)
+    available = requested_stages(select_stages(every, stages), per_stage)
     run_id = run_id or new_run_id()
     run_dir = ensure_run_dir(resolve_path(reports_dir) / run_id)
     manifest = new_manifest(run_id, run_dir, params, str(params_file) if params_file else None, list(available))
@@ -719,7 +726,7 @@ def resume_pipeline(run_id: str, reports_dir: str | Path = "reports", kernel: st
     every = stage_notebooks()
     manifest["params"], per_stage, declared = prepare_parameters(every, manifest["params"], overrides)
     done = {r["stage"] for r in manifest["stages"] if r["status"] == "ok"}
-    available = select_stages(every, manifest["stages_requested"])
+    available = requested_stages(select_stages(every, manifest["stages_requested"]), per_stage)
     todo = {s: p for s, p in available.items() if s not in done}
     if not todo: log.info("run %s has nothing left to run", run_id); return run_dir
     manifest.update(status="running", finished=None, resumed=datetime.now().isoformat(timespec="seconds"))

@@ -24,16 +24,16 @@ __all__ = ['METRIC_ALIASES', 'LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_
            'TrainingParams', 'check_training_params', 'resolve_device', 'use_bf16', 'world_size', 'is_main_process',
            'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func', 'model_config',
            'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
-           'load_training_splits', 'transfer_rows', 'check_teacher_data', 'with_teacher_probabilities', 'encode_split',
-           'make_collator', 'padding_fraction', 'length_grouped_batches', 'accuracy_and_macro_f1', 'compute_metrics',
-           'best_eval_index', 'eval_records', 'KeepBestCallback', 'EpochLogCallback', 'average_weights',
-           'WeightAverageCallback', 'keep_weight_average', 'weight_average_headline', 'latest_complete_checkpoint',
-           'checkpoint_to_resume', 'check_train_dir', 'prepare_train_dir', 'training_arguments', 'step_rows',
-           'history_frame', 'publish_best_model', 'stage_paths', 'student_params', 'training_rows', 'build_trainer',
-           'training_summary', 'train_classifier', 'with_student', 'student_training_headline', 'plot_training_curves',
-           'check_tune_space', 'suggest', 'trial_arguments', 'trials_frame', 'plot_trials', 'best_params_document',
-           'trial_model', 'search_hyperparameters', 'with_best_params', 'values_text', 'search_headline',
-           'train_from_params']
+           'load_training_splits', 'transfer_rows', 'with_run_teacher', 'check_teacher_data',
+           'with_teacher_probabilities', 'encode_split', 'make_collator', 'padding_fraction', 'length_grouped_batches',
+           'accuracy_and_macro_f1', 'compute_metrics', 'best_eval_index', 'eval_records', 'KeepBestCallback',
+           'EpochLogCallback', 'average_weights', 'WeightAverageCallback', 'keep_weight_average',
+           'weight_average_headline', 'latest_complete_checkpoint', 'checkpoint_to_resume', 'check_train_dir',
+           'prepare_train_dir', 'training_arguments', 'step_rows', 'history_frame', 'publish_best_model', 'stage_paths',
+           'student_params', 'training_rows', 'build_trainer', 'training_summary', 'train_classifier', 'with_student',
+           'student_training_headline', 'plot_training_curves', 'check_tune_space', 'suggest', 'trial_arguments',
+           'trials_frame', 'plot_trials', 'best_params_document', 'trial_model', 'search_hyperparameters',
+           'with_best_params', 'values_text', 'search_headline', 'train_from_params']
 
 # %% ../nbs/02_training.ipynb #796279a6
 @dataclass
@@ -103,7 +103,7 @@ class SpeedParams(StageParams):
 @dataclass
 class DistillationParams(StageParams):
     "Learning from a trained teacher's probabilities as well as the gold labels."
-    teacher_model: str = param("", "distil from this trained model (a folder or run id, trained on the same splits: another split is refused, as its probabilities could carry test rows): its probabilities join the loss; empty: no teacher")
+    teacher_model: str = param("", "distil from this trained model (a folder or run id, trained on the same splits: another split is refused, as its probabilities could carry test rows): its probabilities join the loss; empty: `<run_dir>/teacher` where this run's teacher stage (02_teacher, `teacher_params`) put one, else no teacher")
     distill_alpha: float = param(0.5, "weight alpha of the soft loss: alpha x T^2 x KL(teacher at T, student at T) + (1 - alpha) x cross-entropy on the gold label")
     distill_temperature: float = param(2.0, "softmax temperature T of teacher and student in the soft loss")
     transfer_data: list[str] = param([], "unlabeled texts the teacher labels for the student: `rt_plot` (the 1,097 plot rows of the RT file), `tweets` (binary tweets outside the out-of-domain slice), or table files with a `text` column; near-duplicates of validation, test and training texts are dropped first")
@@ -345,6 +345,11 @@ def transfer_rows(p: TrainingParams, train: pd.DataFrame, protected: Sequence[Se
     texts = [normalise_text(t) for src in p.transfer_data for t in transfer_texts(src, p.max_transfer_rows, seed=0)]
     texts += [normalise_text(t) for t in augment_texts(train["text"].tolist(), p.augment_copies, seed=0)]
     return drop_near_duplicates(texts, train["text"].tolist(), *protected)
+
+def with_run_teacher(p: TrainingParams) -> TrainingParams:
+    "`p` with `teacher_model` set to `<run_dir>/teacher` when it is empty and this run's teacher stage (02_teacher) put a model there."
+    d = resolve_path(p.run_dir) / "teacher"
+    return dataclasses.replace(p, teacher_model=str(d)) if not p.teacher_model and (d / "config.json").exists() else p
 
 def check_teacher_data(teacher_dir: Path, data_hash: str | None) -> str | None:
     "The data hash the teacher was trained on; raise when it is not these splits' (the teacher may have seen test rows)."
@@ -704,6 +709,7 @@ def training_summary(p: TrainingParams, ctx: dict, history: pd.DataFrame, best: 
 def train_classifier(p: TrainingParams, keep_layers: int | list[int] | None = None) -> tuple[dict, pd.DataFrame]:
     "Fine-tune, keep the best epoch and write it to `model_dir` (then its student, with `student_layers`); return the summary and the history."
     started = time.time()
+    p = with_run_teacher(p)                          # empty teacher_model: the run's teacher stage's, if it made one
     trainer, ctx = build_trainer(p, keep_layers)
     if is_main_process(): prepare_train_dir(ctx["train_dir"], p.clean_train_dir_before_training, ctx["resume"] is not None)
     trainer.train(resume_from_checkpoint=ctx["resume"])

@@ -9,9 +9,9 @@ def test_tiny_run_passes_every_stage(tiny_run):
     proc, run_dir = tiny_run["proc"], tiny_run["run_dir"]
     assert proc.returncode == 0, proc.stderr[-4000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    from sentiment_nb.pipeline import ON_REQUEST_STAGES          # 05_monitoring runs only when asked
-    stages = sorted(p.stem for p in (ROOT / "nbs").glob("0[0-9]_*.ipynb") if p.stem not in ON_REQUEST_STAGES)
-    assert ON_REQUEST_STAGES and [s["stage"] for s in manifest["stages"]] == stages
+    from sentiment_nb.pipeline import ON_REQUEST_STAGES, REQUESTED_BY_PARAMETER   # 05 when asked, 02_teacher with teacher_params
+    stages = sorted(p.stem for p in (ROOT / "nbs").glob("0[0-9]_*.ipynb") if p.stem not in {*ON_REQUEST_STAGES, *REQUESTED_BY_PARAMETER})
+    assert ON_REQUEST_STAGES and [s["stage"] for s in manifest["stages"]] == stages and "02_teacher" not in stages
     assert all(s["status"] == "ok" for s in manifest["stages"]) and manifest["status"] == "ok"
     assert manifest["data_hash"] and manifest["package_versions"]["torch"] and manifest["finished"]
     assert manifest["params"]["max_rows"] == 400
