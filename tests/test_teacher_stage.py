@@ -53,3 +53,17 @@ def test_a_run_without_teacher_params_skips_the_stage_and_a_bad_recipe_is_named(
     assert bad.returncode != 0 and "'learning_rat' (did you mean 'learning_rate'?)" in bad.stderr
     assert stages_of(tmp_path / "reports" / "bad") == [("02_teacher", "failed")]          # 02 never ran on no teacher
     assert not (tmp_path / "cache" / "teachers").exists()
+
+
+@pytest.mark.parametrize("params_file", ["default", "full", "student", "tune", "tiny"])
+def test_every_params_file_is_accepted_and_full_yaml_asks_for_the_mpnet_teacher(root, params_file):
+    "Each shipped recipe passes the runner's checks (names, types); only full.yaml runs 02_teacher, with a valid recipe."
+    from sentiment_nb.pipeline import load_params, prepare_parameters, requested_stages, select_stages, stage_notebooks
+    from sentiment_nb.teacher import TeacherParams, teacher_training_params
+    every = stage_notebooks()
+    params, per_stage, _ = prepare_parameters(every, load_params(root / "params" / f"{params_file}.yaml"))
+    runs_teacher = "02_teacher" in requested_stages(select_stages(every, None), per_stage)
+    assert runs_teacher == (params_file == "full")
+    if runs_teacher:
+        tp = teacher_training_params(TeacherParams.from_mapping(per_stage["02_teacher"]))
+        assert (tp.model_name, tp.n_epochs) == ("mpnet", 1.0) and params["augment_copies"] == 4
