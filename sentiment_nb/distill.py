@@ -106,8 +106,8 @@ def texts_digest(texts: Sequence[str]) -> str:
 
 def teacher_variant() -> str:
     "How the teacher scores: `bf16` autocast on CPUs with native bfloat16 (AVX-512 BF16 / AMX: about x2 over fp32), else `fp32`."
-    from sentiment_nb.infer import cpu_has
-    return "bf16" if any(cpu_has("avx512_bf16", "amx_bf16").values()) else "fp32"
+    from sentiment_nb.train import use_bf16   # the rule stage 02 trains by
+    return "bf16" if use_bf16("auto", "cpu") else "fp32"
 
 def teacher_probabilities(teacher: str | Path, texts: Sequence[str], batch_size: int = 32, max_length: int = 128,
                           cache_dir: str | Path | None = None, variant: str = "auto") -> tuple[np.ndarray, list[str]]:

@@ -378,7 +378,8 @@ def parameters_cell_differences(cls: type, notebook: str | Path) -> list[str]:
 # %% ../nbs/12_pipeline.ipynb #c8f6c3e9
 # Stage -> (module, class) of its params dataclass.
 STAGE_PARAMS = {"00_eda": ("sentiment_nb.eda", "EDAParams"), "01_preprocessing": ("sentiment_nb.data", "PreprocessingParams"),
-                "02_teacher": ("sentiment_nb.teacher", "TeacherParams"), "02_training": ("sentiment_nb.train", "TrainingParams"), "03_evaluation": ("sentiment_nb.evaluate", "EvaluationParams"),
+                "02_teacher": ("sentiment_nb.teacher", "TeacherParams"), "02_training": ("sentiment_nb.train", "TrainingParams"),
+                "03_evaluation": ("sentiment_nb.evaluate", "EvaluationParams"),
                 "04_demo": ("sentiment_nb.app", "DemoParams"),
                 "05_monitoring": ("sentiment_nb.drift", "MonitoringParams")}
 

@@ -11,7 +11,7 @@ from .pipeline import StageParams, did_you_mean, param
 from .train import TrainingParams, check_training_params, load_training_splits, train_classifier
 
 # %% auto #0
-__all__ = ['NOT_FOR_A_TEACHER', 'TEACHER_FOLDERS', 'TeacherParams', 'teacher_training_params', 'teacher_key', 'teacher_cache_dir',
+__all__ = ['TEACHER_FOLDERS', 'NOT_FOR_A_TEACHER', 'TeacherParams', 'teacher_training_params', 'teacher_key', 'teacher_cache_dir',
            'link_model_folder', 'train_or_reuse_teacher', 'teacher_headline']
 
 # %% ../nbs/02_teacher.ipynb #t6e9f0a1
@@ -22,8 +22,9 @@ class TeacherParams(StageParams):
     teacher_params: dict = param({}, "stage-02 parameters of a teacher fine-tuned before 02, e.g. `{model_name: mpnet, learning_rate: 3.0e-5, n_epochs: 1}` (names left out take 02's defaults); it goes to `<run_dir>/teacher`, which 02 distils from when its `teacher_model` is empty; trained once per splits and parameters (kept in `~/.cache/sentiment_nb/teachers/`); `{}`: no teacher, and the runner skips this stage")
     run_dir: str = param("reports/notebook", "run folder: the teacher goes to `<run_dir>/teacher` (set by the runner)")
 
-NOT_FOR_A_TEACHER = ("processed_dir", "run_dir", "train_dir", "model_dir", "student_dir", "teacher_model", "transfer_data",
-                     "max_transfer_rows", "augment_copies", "student_layers", "tune_trials", "tune_space")
+TEACHER_FOLDERS = ("processed_dir", "run_dir", "train_dir", "model_dir", "student_dir")   # this stage's to choose
+NOT_FOR_A_TEACHER = (*TEACHER_FOLDERS, "teacher_model", "transfer_data", "max_transfer_rows", "augment_copies",
+                     "student_layers", "tune_trials", "tune_space")
 
 def teacher_training_params(p: TeacherParams) -> TrainingParams:
     "Stage 02's parameters for the teacher: `teacher_params` checked and typed as 02 types them, on this run's splits."
@@ -39,8 +40,6 @@ def teacher_training_params(p: TeacherParams) -> TrainingParams:
     return tp
 
 # %% ../nbs/02_teacher.ipynb #t9b8c9d0
-TEACHER_FOLDERS = ("processed_dir", "run_dir", "train_dir", "model_dir", "student_dir")
-
 def teacher_key(tp: TrainingParams, data_hash: str) -> str:
     "The cache key of a teacher: its splits' data hash and its stage-02 parameters (folders aside)."
     recipe = json.dumps({"data_hash": data_hash, "params": tp.as_dict(without=TEACHER_FOLDERS)}, sort_keys=True, default=str)
