@@ -24,6 +24,8 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))        # also when loaded by path (the tests do)
+from bench_accuracy import git_commit          # the checkout's commit, `+dirty` when nbs/, sentiment_nb/ or params/ differ
 REVIEWS = ["A warm, funny and beautifully acted film.", "Dull, predictable and far too long.",
            "The cast is great but the script lets them down badly in the last act.",
            "Oh great, another sequel nobody asked for.", "I laughed, I cried, I bought the soundtrack.",
@@ -147,10 +149,7 @@ def request_text(i: int) -> str:
     return f"{REVIEWS[i % len(REVIEWS)]} #{i}"
 
 
-HIDDEN_IN_BASELINE = ("uvloop", "httptools")   # what this work added to the stack: the baseline runs without them
-
-
-def hide_packages(dest: Path, names=HIDDEN_IN_BASELINE) -> Path:
+def hide_packages(dest: Path, names: list[str]) -> Path:
     "A folder (first on the baseline's PYTHONPATH) where importing `names` raises ImportError, as if not installed."
     for n in names:
         (dest / n).mkdir(parents=True, exist_ok=True)
@@ -160,8 +159,10 @@ def hide_packages(dest: Path, names=HIDDEN_IN_BASELINE) -> Path:
 
 def baseline_code(spec: str, dest: Path) -> Path:
     "A folder whose `sentiment_nb` package is the baseline: `spec` itself when it holds one, else `git archive spec`."
-    for d in (Path(spec), Path(spec).parent):
-        if d.name != "sentiment_nb" and (d / "sentiment_nb" / "app.py").exists(): return d.resolve()
+    if Path(spec).is_dir():                     # a folder holding sentiment_nb/, or sentiment_nb/ itself
+        for d in (Path(spec), Path(spec).parent):
+            if d.name != "sentiment_nb" and (d / "sentiment_nb" / "app.py").exists(): return d.resolve()
+        raise SystemExit(f"--baseline {spec!r} is a folder without sentiment_nb/app.py")
     dest.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", spec, "sentiment_nb"], capture_output=True)
     if archive.returncode:
@@ -199,7 +200,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load_run(config: str, code: list[Path] | None, a, tmp: Path, n: int) -> dict:
+def load_run(config: str, code: list[Path] | None, revision: str | None, a, tmp: Path, n: int) -> dict:
     "One load run against a fresh server of `config` (`code` first on its PYTHONPATH), between two raw batch rates."
     port, log_path = free_port(), tmp / f"{config}-{n}.sqlite"
     env = {"PYTHONPATH": os.pathsep.join(map(str, code))} if code else None
@@ -223,7 +224,7 @@ def load_run(config: str, code: list[Path] | None, a, tmp: Path, n: int) -> dict
     summary = {**result.summary(a.clients), "missing_log_rows": len(missing_from_log(log_path, result.acked))}
     rate, done = (rate_before + rate_after) / 2, max(summary["acknowledged"], 1)
     return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": config,
-            "code": os.pathsep.join(map(str, code or [ROOT])), "variant": variant, **summary,
+            "code": os.pathsep.join(map(str, code or [ROOT])), "revision": revision, "variant": variant, **summary,
             "batch_texts_per_s": round(rate, 1), "batch_texts_per_s_before_after": [round(rate_before, 1), round(rate_after, 1)],
             "served_fraction": round(summary["requests_per_s"] / rate, 3),
             "batch_cpu_ms_per_text": round((cpu_before + cpu_after) / 2, 2),
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=200, help="concurrent connections")
     ap.add_argument("--requests", type=int, default=4000, help="requests in all, per load run")
     ap.add_argument("--baseline", help="git revision or folder holding sentiment_nb/: its server alternates with this code's")
+    ap.add_argument("--baseline-without", nargs="*", default=[], metavar="PACKAGE",
+                    help="packages the baseline's server runs without (e.g. uvloop httptools, to measure what adding them did)")
     ap.add_argument("--rounds", type=int, default=1, help="load runs per configuration, interleaved")
     ap.add_argument("--batch-texts", type=int, default=2000, help="texts for the raw batch rate (the requests' texts)")
     ap.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (the server's predict_batch_size)")
@@ -258,13 +261,14 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(run_load(a.url, a.clients, a.requests))
             rows = [{**result.summary(a.clients), "missing_log_rows": len(missing_from_log(a.log, result.acked))}]
         else:
-            configs = [("baseline", [hide_packages(Path(tmp) / "hidden"), baseline_code(a.baseline, Path(tmp) / "baseline")])
-                       ] if a.baseline else []
-            configs.append(("current", None))
+            without = f" without {' '.join(a.baseline_without)}" if a.baseline_without else ""
+            configs = [("baseline", [hide_packages(Path(tmp) / "hidden", a.baseline_without), baseline_code(a.baseline, Path(tmp) / "baseline")],
+                        a.baseline + without)] if a.baseline else []
+            configs.append(("current", None, git_commit()))
             rows = []
             for n in range(a.rounds):
-                for config, code in configs:
-                    rows.append(row := load_run(config, code, a, Path(tmp), n))
+                for config, code, revision in configs:
+                    rows.append(row := load_run(config, code, revision, a, Path(tmp), n))
                     print(json.dumps(row), flush=True)
                     with open(a.results, "a") as f: f.write(json.dumps(row) + "\n")
     if len(rows) > 1: print(json.dumps(comparison(rows), indent=2))

@@ -1,6 +1,6 @@
 """The demo (04) served for real: `sentiment-nb serve` in a subprocess on a free loopback port, its HTTP API,
 gradio_client, Debian's chromium driven by Playwright, a bounded load test and a SIGKILL under load."""
-import asyncio, importlib.util, json, os, shutil, signal, sqlite3, sys, threading, time, uuid
+import asyncio, importlib.util, json, os, shutil, signal, sqlite3, subprocess, sys, threading, time, uuid
 from pathlib import Path
 
 import httpx
@@ -154,6 +154,17 @@ def test_browser_predict_batch_and_bad_input(server, browser_page, tmp_path):
     page.get_by_text(review).first.wait_for()
     page.get_by_role("tab", name="Model").click()
     page.get_by_text("max input length").first.wait_for()
+
+
+def test_load_bench_baseline_is_the_named_code(tmp_path, monkeypatch):
+    "`bench_load.py --baseline REV` serves REV's sentiment_nb (a revision once resolved to the checkout itself)."
+    monkeypatch.chdir(ROOT)                                  # where a bare `HEAD` could be mistaken for a path
+    head = subprocess.run(["git", "-C", str(ROOT), "show", "HEAD:sentiment_nb/app.py"], capture_output=True, check=True).stdout
+    code = bench.baseline_code("HEAD", tmp_path / "base")
+    assert code == tmp_path / "base" and (code / "sentiment_nb" / "app.py").read_bytes() == head
+    assert bench.baseline_code(str(ROOT / "sentiment_nb"), tmp_path / "unused") == bench.ROOT    # a folder is taken as is
+    with pytest.raises(SystemExit, match="neither a folder"): bench.baseline_code("no-such-rev", tmp_path / "x")
+    with pytest.raises(SystemExit, match="without sentiment_nb"): bench.baseline_code(str(tmp_path), tmp_path / "y")
 
 
 def test_load_200_clients_no_error_no_lost_row(server):
