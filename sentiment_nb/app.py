@@ -1030,9 +1030,8 @@ def build_api(slot: ModelSlot, plog: PredictionLog, params: DemoParams, auth: tu
     api.state.predict = predict = PredictEndpoint(slot, plog, params, auth)
     api.add_route("/predict", predict, methods=["POST"])        # the bare endpoint, also behind `PredictFirst`
 
-    async def predict_docs(request: Request):                    # the same endpoint, registered for /api/docs only
-        status, content, headers = await predict.answer(request.scope, request.receive)
-        return Response(orjson.dumps(content), status, headers, media_type="application/json")
+    async def predict_docs(request: Request):       # /api/docs lists /predict through this; the route above matches first
+        raise RuntimeError("POST /predict is answered by its PredictEndpoint route, registered before this one")
     api.add_api_route("/predict", predict_docs, methods=["POST"], summary="Score one text or a list of texts")
     api.add_route("/feedback", feedback_endpoint(slot, plog, params, auth), methods=["POST"])
     return api
