@@ -18,22 +18,22 @@ from .pipeline import StageParams, load_run_splits, param
 from .infer import POOLINGS, cpu_has, use_cls_only_last_layer
 
 # %% auto #0
-__all__ = ['METRIC_ALIASES', 'LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'TRAIN_DIR_MARKER', 'LOGGING_STEPS',
-           'STEP_COLUMNS', 'STUDENT_KEYS', 'TUNABLE', 'DEFAULT_TUNE_SPACE', 'TrainingDataParams', 'OptimizerParams',
-           'LossParams', 'BestEpochParams', 'SpeedParams', 'DistillationParams', 'StudentParams', 'TuneParams',
-           'TrainingParams', 'check_training_params', 'resolve_device', 'use_bf16', 'world_size', 'is_main_process',
-           'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func', 'model_config',
-           'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
-           'load_training_splits', 'transfer_rows', 'with_run_teacher', 'check_teacher_data',
-           'with_teacher_probabilities', 'encode_split', 'make_collator', 'padding_fraction', 'length_grouped_batches',
-           'accuracy_and_macro_f1', 'compute_metrics', 'best_eval_index', 'eval_records', 'KeepBestCallback',
-           'EpochLogCallback', 'average_weights', 'WeightAverageCallback', 'keep_weight_average',
-           'weight_average_headline', 'latest_complete_checkpoint', 'checkpoint_to_resume', 'check_train_dir',
-           'prepare_train_dir', 'training_arguments', 'step_rows', 'history_frame', 'publish_best_model', 'stage_paths',
-           'student_params', 'training_rows', 'build_trainer', 'training_summary', 'train_classifier', 'with_student',
-           'student_training_headline', 'plot_training_curves', 'check_tune_space', 'suggest', 'trial_arguments',
-           'trials_frame', 'plot_trials', 'best_params_document', 'trial_model', 'search_hyperparameters',
-           'with_best_params', 'values_text', 'search_headline', 'train_from_params']
+__all__ = ['METRIC_ALIASES', 'LR_SCHEDULES', 'LOSSES', 'BEST_METRICS', 'DROPOUT_ATTRIBUTES', 'PROBE_C', 'TRAIN_DIR_MARKER',
+           'LOGGING_STEPS', 'STEP_COLUMNS', 'STUDENT_KEYS', 'TUNABLE', 'DEFAULT_TUNE_SPACE', 'TrainingDataParams',
+           'OptimizerParams', 'LossParams', 'BestEpochParams', 'SpeedParams', 'DistillationParams', 'StudentParams',
+           'TuneParams', 'TrainingParams', 'check_training_params', 'resolve_device', 'use_bf16', 'world_size',
+           'is_main_process', 'set_threads', 'class_weight_vector', 'per_example_loss', 'make_loss_func',
+           'model_config', 'load_model_and_tokenizer', 'encoder_layers', 'count_parameters', 'freeze_for_training',
+           'head_inputs', 'gold_labels', 'fit_linear_probe', 'load_training_splits', 'transfer_rows',
+           'with_run_teacher', 'check_teacher_data', 'with_teacher_probabilities', 'encode_split', 'make_collator',
+           'padding_fraction', 'length_grouped_batches', 'accuracy_and_macro_f1', 'compute_metrics', 'best_eval_index',
+           'eval_records', 'KeepBestCallback', 'EpochLogCallback', 'average_weights', 'WeightAverageCallback',
+           'keep_weight_average', 'weight_average_headline', 'latest_complete_checkpoint', 'checkpoint_to_resume',
+           'check_train_dir', 'prepare_train_dir', 'training_arguments', 'step_rows', 'history_frame',
+           'publish_best_model', 'stage_paths', 'student_params', 'training_rows', 'build_trainer', 'training_summary',
+           'train_classifier', 'with_student', 'student_training_headline', 'plot_training_curves', 'check_tune_space',
+           'suggest', 'trial_arguments', 'trials_frame', 'plot_trials', 'best_params_document', 'trial_model',
+           'search_hyperparameters', 'with_best_params', 'values_text', 'search_headline', 'train_from_params']
 
 # %% ../nbs/02_training.ipynb #796279a6
 @dataclass
@@ -67,6 +67,7 @@ class LossParams(StageParams):
     freeze_backbone: bool = param(False, "freeze the pretrained encoder: the head (and pooler) learn")
     trainable_last_layers: int = param(0, "with `freeze_backbone`: this many last transformer blocks learn too")
     freeze_embeddings: bool = param(False, "keep the input embeddings fixed (12 M of MiniLM's 22.7 M weights: a smaller optimizer step)")
+    linear_probe: bool = param(False, "LP-FT (Kumar et al. 2022): before fine-tuning, fit the head alone as a logistic regression on the frozen encoder's features of the gold training rows (its L2 strength `C` picked on validation), then fine-tune everything from that head; `false`: a freshly initialised head")
     class_weights: Union[str, list[float]] = param("none", "`none`, `balanced` (n / (classes x class rows)) or a list of one weight per class")
     loss: str = param("cross_entropy", "`cross_entropy` or `focal` ((1 - p)^gamma x CE)")
     focal_gamma: float = param(2.0, "focusing exponent gamma of the focal loss (0 gives cross-entropy)")
@@ -177,6 +178,8 @@ def check_training_params(p: TrainingParams) -> None:
              ("student_learning_rate", p.student_learning_rate >= 0, "must be >= 0 (0: learning_rate)"),
              ("student_dir", "://" not in p.student_dir, "must be a local folder: training writes the student there"),
              ("tune_trials", p.tune_trials >= 0, "must be >= 0 (0: no search)"),
+             ("linear_probe", not (p.linear_probe and p.tune_trials), "cannot be combined with tune_trials: the search's trials start from fresh heads"),
+             ("linear_probe", not (p.linear_probe and p.freeze_backbone), "needs freeze_backbone false: the probe is the frozen-encoder phase, the fine-tuning after it trains everything"),
              ("tune_max_train_rows", p.tune_max_train_rows >= 0, "must be >= 0 (0: as max_train_rows)")]
     for name, ok, expected in rules:
         if not ok: raise ValueError(f"training parameter {name}={getattr(p, name)!r} {expected}")
@@ -318,6 +321,61 @@ def freeze_for_training(model, freeze_backbone: bool = False, trainable_last_lay
         raise ValueError(f"nothing to train: every parameter of {type(model).__name__} is frozen "
                          f"(freeze_backbone={freeze_backbone}, trainable_last_layers={trainable_last_layers})")
     return counts
+
+# %% ../nbs/02_training.ipynb #05377060
+PROBE_C = (0.01, 0.1, 1.0, 10.0)   # the L2 strengths the probe tries, picked on validation
+
+def head_inputs(model, ds, collator, bf16: bool = False, batch_size: int = 64) -> np.ndarray:
+    "What the model's `classifier` (one `Linear` layer) reads for each row of `ds`, in eval mode (no dropout), in row order."
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"linear_probe needs a head that is one Linear layer named `classifier`; "
+                         f"{type(model).__name__}'s is {type(head).__name__}")
+    order = np.argsort(ds["length"], kind="stable")                  # batches of similar length: little padding
+    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in ds.column_names]
+    data = ds.select_columns(cols)[:]
+    feats, was_training = [], model.training
+    hook = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().float().cpu()))
+    model.eval()
+    try:
+        with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            for i in range(0, len(order), batch_size):
+                batch = collator([{c: data[c][j] for c in cols} for j in order[i:i + batch_size]])
+                model(**{k: v.to(model.device) for k, v in batch.items()})
+    finally:
+        hook.remove(); model.train(was_training)
+    out = np.empty((len(order), head.in_features), dtype=np.float32)
+    out[order] = torch.cat(feats).numpy()
+    return out
+
+def gold_labels(ds) -> np.ndarray:
+    "The gold label of each row (-1 for a transfer row): the first entry where `labels` also carries the teacher's probabilities."
+    return np.array([l[0] if isinstance(l, (list, tuple)) else l for l in ds["labels"]], dtype=int)
+
+def fit_linear_probe(model, train_ds, val_ds, collator, bf16: bool = False, cs: Sequence[float] = PROBE_C) -> dict:
+    "Fit the head as a logistic regression on the frozen features of the gold training rows, `C` picked on validation; copy it into `model.classifier`; return what it found."
+    from sklearn.linear_model import LogisticRegression
+    started = time.time()
+    y = gold_labels(train_ds); gold = np.flatnonzero(y >= 0); y = y[gold]
+    n_out = model.classifier.out_features
+    if sorted(set(y.tolist())) != list(range(n_out)):
+        raise ValueError(f"linear_probe: the gold training rows have classes {sorted(set(y.tolist()))}, the head {n_out}")
+    x = head_inputs(model, train_ds.select(gold), collator, bf16)
+    xv, yv = head_inputs(model, val_ds, collator, bf16), gold_labels(val_ds)
+    fits = {c: LogisticRegression(C=c, max_iter=3000).fit(x, y) for c in cs}
+    scores = {c: float((f.predict(xv) == yv).mean()) for c, f in fits.items()}
+    best = max(cs, key=lambda c: scores[c])                          # the first, smallest C of a tie
+    w, b = fits[best].coef_, fits[best].intercept_
+    if w.shape[0] == 1: w, b = np.vstack([-w / 2, w / 2]), np.array([-b[0] / 2, b[0] / 2])   # sigmoid as a 2-way softmax
+    head = model.classifier
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(w, dtype=head.weight.dtype)); head.bias.copy_(torch.as_tensor(b, dtype=head.bias.dtype))
+    found = {"C": best, "validation_accuracy": round(scores[best], 4),
+             "validation_accuracy_by_C": {str(c): round(s, 4) for c, s in scores.items()},
+             "rows": int(len(gold)), "seconds": round(time.time() - started, 1)}
+    print(f"linear probe: C={best}, validation accuracy {scores[best]:.4f} over {len(gold):,} gold rows "
+          f"({found['seconds']} s); now fine-tuning everything from it", flush=True)
+    return found
 
 # %% ../nbs/02_training.ipynb #4a40c984
 def load_training_splits(processed_dir: str | Path, max_train_rows: int = 0, max_validation_rows: int = 0,
@@ -629,7 +687,7 @@ def student_params(p: TrainingParams, model_dir: Path) -> TrainingParams:
                                n_epochs=p.student_n_epochs or p.n_epochs, learning_rate=p.student_learning_rate or p.learning_rate,
                                model_dir=str(resolve_path(p.student_dir) if p.student_dir else run / "student"),
                                train_dir=str(train_dir.with_name(train_dir.name + "-student")), resume_from_checkpoint=False,
-                               freeze_backbone=False, student_layers=0, student_dir="")
+                               freeze_backbone=False, linear_probe=False, student_layers=0, student_dir="")
 
 def training_rows(p: TrainingParams) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, str], str, dict | None]:
     "Train rows (with the teacher's probabilities and transfer rows when distilling), validation rows, `id2label`, data hash, what distillation used."
@@ -668,9 +726,11 @@ def build_trainer(p: TrainingParams, keep_layers: int | list[int] | None = None)
     pad_to_max = not p.dynamic_padding
     train_ds = encode_split(tokenizer, train_df, p.max_input_length, pad_to_max)
     val_ds = encode_split(tokenizer, val_df, p.max_input_length, pad_to_max, sort_by_length=True)
+    collator = make_collator(tokenizer, p.dynamic_padding, p.max_input_length)
+    probe = fit_linear_probe(model, train_ds, val_ds, collator, bf16) if p.linear_probe and resume is None else None
     log_cb = EpochLogCallback(len(train_ds))
     trainer = Trainer(model=model, args=training_arguments(p, train_dir, device, bf16),
-                      data_collator=make_collator(tokenizer, p.dynamic_padding, p.max_input_length),
+                      data_collator=collator,
                       train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
                       compute_loss_func=make_loss_func(p.loss, p.focal_gamma, weights, p.distill_alpha,
                                                        p.distill_temperature), compute_metrics=compute_metrics,
@@ -681,7 +741,7 @@ def build_trainer(p: TrainingParams, keep_layers: int | list[int] | None = None)
                parameters=counts, resume=resume, run_dir=run, train_dir=train_dir, model_dir=model_dir,
                tokenizer=tokenizer, log=log_cb, n_train=len(train_ds), n_eval=len(val_ds),
                mean_tokens=float(np.mean(train_ds["length"])), cls_only_last_layer=cls_only,
-               distillation=distillation, student=student, model_layers=len(encoder_layers(model)))
+               distillation=distillation, linear_probe=probe, student=student, model_layers=len(encoder_layers(model)))
     return trainer, ctx
 
 # %% ../nbs/02_training.ipynb #948fdc62
@@ -703,7 +763,7 @@ def training_summary(p: TrainingParams, ctx: dict, history: pd.DataFrame, best: 
             "device": ctx["device"], "bf16": ctx["bf16"], "threads": ctx["threads"], "world_size": world_size(),
             "resumed_from": ctx["resume"], "class_weights": ctx["class_weights"], "parameters": ctx["parameters"],
             "pooling": p.pooling, "cls_only_last_layer": ctx["cls_only_last_layer"], "distillation": ctx["distillation"],
-            "student_of": ctx["student"], "model_layers": int(ctx["model_layers"]),
+            "linear_probe": ctx["linear_probe"],             "student_of": ctx["student"], "model_layers": int(ctx["model_layers"]),
             "history": history.to_dict("records"), "versions": package_versions()}
 
 def train_classifier(p: TrainingParams, keep_layers: int | list[int] | None = None) -> tuple[dict, pd.DataFrame]:
