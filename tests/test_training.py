@@ -191,6 +191,22 @@ def test_torchrun_two_processes_gloo(splits_dir, tmp_path):
     assert predict(load_model(run_dir / "model"), ["great"])[0]["label"] in ("negative", "positive")
 
 
+def test_linear_probe_head_is_what_fine_tuning_starts_from(splits_dir, tmp_path):
+    "LP-FT: the probe's head goes into the Trainer's model; at a learning rate too small to move it, the trained model scores on validation what the probe scored."
+    from sentiment_nb.train import PROBE_C, train_classifier
+    summary, _ = train_classifier(tiny_params(splits_dir, tmp_path / "lp", linear_probe=True, learning_rate=1e-12,
+                                              n_epochs=1, bf16=False, metric_for_best_model="accuracy"))
+    probe = summary["linear_probe"]
+    assert probe["rows"] == 64 and probe["C"] in PROBE_C and set(probe["validation_accuracy_by_C"]) == {str(c) for c in PROBE_C}
+    assert abs(summary["best_validation"]["accuracy"] - probe["validation_accuracy"]) < 1e-4, (summary["best_validation"], probe)
+    saved = json.loads((tmp_path / "lp" / "model" / "training_summary.json").read_text())
+    assert saved["linear_probe"] == probe and saved["params"]["linear_probe"] is True
+    from safetensors.torch import load_file
+    w = load_file(str(tmp_path / "lp" / "model" / "model.safetensors"))
+    head_w, head_b = w["classifier.weight"], w["classifier.bias"]                  # a binary probe: [-w/2, w/2], a fresh head is not
+    assert (head_w[0] + head_w[1]).abs().max() < 1e-6 < head_w.abs().max() and abs(float(head_b.sum())) < 1e-6, head_w
+
+
 def test_distillation_from_a_teacher_trains_on_gold_and_transfer_rows(splits_dir, tmp_path, monkeypatch):
     "A student trained on a real (tiny) teacher's probabilities over the training rows plus RT plot text."
     import pandas as pd
