@@ -763,7 +763,7 @@ def training_summary(p: TrainingParams, ctx: dict, history: pd.DataFrame, best: 
             "device": ctx["device"], "bf16": ctx["bf16"], "threads": ctx["threads"], "world_size": world_size(),
             "resumed_from": ctx["resume"], "class_weights": ctx["class_weights"], "parameters": ctx["parameters"],
             "pooling": p.pooling, "cls_only_last_layer": ctx["cls_only_last_layer"], "distillation": ctx["distillation"],
-            "linear_probe": ctx["linear_probe"],             "student_of": ctx["student"], "model_layers": int(ctx["model_layers"]),
+            "linear_probe": ctx["linear_probe"], "student_of": ctx["student"], "model_layers": int(ctx["model_layers"]),
             "history": history.to_dict("records"), "versions": package_versions()}
 
 def train_classifier(p: TrainingParams, keep_layers: int | list[int] | None = None) -> tuple[dict, pd.DataFrame]:
