@@ -127,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         run_id = f"accuracy-{args.recipe}-s{seed}-{stamp}"
         t0, done = time.time(), (ROOT / args.reports_dir / run_id / "metrics.json").exists()
         if done: print(f"seed {seed}: finished earlier in {run_id}, read back", flush=True)
-        elif args.stamp and (ROOT / args.reports_dir / run_id).exists():   # a killed run: continue it from its stage
-            sentiment_nb(["run", "--resume", run_id, "--reports-dir", args.reports_dir, "-p", "resume_from_checkpoint", "true"],
-                         logs / f"seed{seed}.resume.log")
+        elif args.stamp and (ROOT / args.reports_dir / run_id).exists():   # a killed run: continue it from its stage,
+            from sentiment_nb.train import latest_complete_checkpoint      # from its last checkpoint where it saved one
+            saved = latest_complete_checkpoint(ROOT / args.reports_dir / run_id / "train")
+            sentiment_nb(["run", "--resume", run_id, "--reports-dir", args.reports_dir, "-p", "resume_from_checkpoint",
+                          "true" if saved else "false"], logs / f"seed{seed}.resume.log")
         else:
             sentiment_nb(base + ["--stages", "02,03", "--run-id", run_id, "-p", "seed", str(seed)], logs / f"seed{seed}.log")
         per_seed.append(seed_figures(ROOT / args.reports_dir / run_id))
