@@ -219,4 +219,4 @@ def test_stage_00_runs_on_null_texts(tmp_path):
     manifest = json.loads((tmp_path / "reports" / "nulls" / "manifest.json").read_text())
     assert manifest["status"] == "ok", manifest
     headline = json.loads((tmp_path / "reports" / "nulls" / "summaries" / "00_eda.json").read_text())["headline"]
-    assert (headline["rows"], headline["rows after cleaning"], headline["dropped_short"]) == (100, 70, 30), headline
+    assert (headline["rows"], headline["rows after cleaning"], headline["dropped as too short"]) == (100, 70, 30), headline
